@@ -1,0 +1,147 @@
+"""The ASGI application: routes, error rendering, and the lifespan that owns the upstream pools."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from gateway import __version__
+from gateway.dimse import sockets
+from gateway.errors import GatewayError, UpstreamError
+from gateway.routes.common import ServiceRoot
+from gateway.routes.qido import search_for_instances, search_for_series, search_for_studies
+from gateway.settings import Settings
+from gateway.upstreams import Upstreams
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("gateway")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+# (path below a service root, endpoint): the QIDO-RS resources of PS3.18 Table 10.6.1-1.
+_SERVICE_ROUTES: tuple[tuple[str, Endpoint], ...] = (
+    ("/studies", search_for_studies),
+    ("/series", search_for_series),
+    ("/instances", search_for_instances),
+    ("/studies/{study}/series", search_for_series),
+    ("/studies/{study}/instances", search_for_instances),
+    ("/studies/{study}/series/{series}/instances", search_for_instances),
+)
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    log = logger.warning if isinstance(exc, UpstreamError) or exc.status_code >= 500 else logger.info
+    log("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.detail)
+    return _json(exc.status_code, exc.to_json(), exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _json(exc.status_code, {"status": exc.status_code, "title": str(exc.detail), "detail": str(exc.detail)})
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    logger.exception("%s %s failed", request.method, request.url.path)
+    return _json(500, {"status": 500, "title": "Internal error", "detail": f"{type(exc).__name__}: {exc}"})
+
+
+def _bind(endpoint: Endpoint, service: ServiceRoot) -> Endpoint:
+    async def bound(request: Request) -> Response:
+        request.scope["gateway.service"] = service
+        return await endpoint(request)
+
+    bound.__name__ = endpoint.__name__
+    bound.__doc__ = endpoint.__doc__
+    return bound
+
+
+def _service_routes(settings: Settings, upstreams: Upstreams) -> list[BaseRoute]:
+    roots = [ServiceRoot(settings.base_path, upstreams.default)]
+    roots += [ServiceRoot(f"{settings.base_path}/upstreams/{u.name}", u) for u in upstreams]
+    return [
+        Route(root.path + path, _bind(endpoint, root), methods=["GET"])
+        for root in roots
+        for path, endpoint in _SERVICE_ROUTES
+    ]
+
+
+async def health(request: Request) -> Response:
+    """Liveness and pool statistics; does not touch the PACS."""
+    upstreams: Upstreams = request.app.state.upstreams
+    pools = [asdict(u.client.pool.stats()) for u in upstreams]
+    return _json(200, {"status": "ok", "version": __version__, "pools": pools})
+
+
+async def ready(request: Request) -> Response:
+    """Readiness: a C-ECHO to every upstream; 503 if any fails."""
+    upstreams: Upstreams = request.app.state.upstreams
+    report: dict[str, str] = {}
+    for upstream in upstreams:
+        try:
+            await upstream.client.echo()
+            report[upstream.name] = "ok"
+        except GatewayError as exc:
+            report[upstream.name] = exc.detail
+    ok = all(value == "ok" for value in report.values())
+    return _json(200 if ok else 503, {"status": "ok" if ok else "unavailable", "upstreams": report})
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the gateway's ASGI application for `settings`.
+
+    The upstream pools open when the ASGI lifespan starts and close, releasing every
+    association, when it ends.
+    """
+    sockets.install()
+    upstreams = Upstreams(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with upstreams:
+            names = ", ".join(f"{u.name}={u.address}" for u in settings.upstreams)
+            logger.info("serving DICOMweb at %s for upstreams %s", settings.base_path, names)
+            yield
+        logger.info("gateway stopped")
+
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Accept", "Authorization", "Content-Type"],
+                expose_headers=["Warning", "Content-Location", "Retry-After"],
+            )
+        )
+    routes: list[BaseRoute] = [
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        *_service_routes(settings, upstreams),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _unexpected_error},
+    )
+    app.state.settings = settings
+    app.state.upstreams = upstreams
+    return app

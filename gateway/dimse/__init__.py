@@ -1,0 +1,1 @@
+"""Everything that speaks DIMSE: the only package that imports pynetdicom."""

@@ -1,0 +1,108 @@
+"""Every failure the gateway reports to a client, each with its HTTP status.
+
+The tree::
+
+    GatewayError                       500
+    ├── BadRequest                     400  malformed query, UID, date, number ...
+    ├── NotFound                       404
+    └── UpstreamError                  502  the PACS misbehaved
+        ├── UpstreamUnavailable        502  connection refused or association rejected
+        ├── UpstreamFailureStatus      502  a DIMSE failure status (carries it)
+        ├── UpstreamTimeout            504  no answer within the configured timeout
+        └── PoolExhausted              503  no association free in time (Retry-After)
+
+Foreign exceptions (pynetdicom, sockets) are translated once, in ``gateway.dimse.status``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "GatewayError",
+    "NotFound",
+    "PoolExhausted",
+    "UpstreamError",
+    "UpstreamFailureStatus",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway answers with; renders as a JSON body."""
+
+    status_code = 500
+    title = "Internal error"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON error body (RFC 9457 problem-details shape)."""
+        return {"status": self.status_code, "title": self.title, "detail": self.detail}
+
+
+class BadRequest(GatewayError):
+    """The request is malformed; nothing was sent upstream."""
+
+    status_code = 400
+    title = "Bad request"
+
+
+class NotFound(GatewayError):
+    """No such resource."""
+
+    status_code = 404
+    title = "Not found"
+
+
+class UpstreamError(GatewayError):
+    """The upstream PACS failed to answer properly."""
+
+    status_code = 502
+    title = "Upstream PACS error"
+
+    def __init__(self, detail: str, *, upstream: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail, headers=headers)
+        self.upstream = upstream
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "upstream": self.upstream}
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The PACS could not be reached, or it rejected or aborted the association."""
+
+    title = "Upstream PACS unavailable"
+
+
+class UpstreamFailureStatus(UpstreamError):
+    """The PACS answered a DIMSE failure status (PS3.7 Annex C)."""
+
+    title = "Upstream PACS failure status"
+
+    def __init__(self, detail: str, *, upstream: str, status: int) -> None:
+        super().__init__(detail, upstream=upstream)
+        self.status = status
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "dimseStatus": f"0x{self.status:04X}"}
+
+
+class UpstreamTimeout(UpstreamError):
+    """The PACS did not answer within the configured timeout."""
+
+    status_code = 504
+    title = "Upstream PACS timeout"
+
+
+class PoolExhausted(UpstreamError):
+    """Every association to the PACS stayed busy for the whole acquire timeout."""
+
+    status_code = 503
+    title = "Upstream PACS busy"
+
+    def __init__(self, detail: str, *, upstream: str, retry_after: int = 1) -> None:
+        super().__init__(detail, upstream=upstream, headers={"Retry-After": str(retry_after)})

@@ -1,0 +1,1 @@
+"""QIDO-RS query handling that needs neither Starlette nor pynetdicom: parse, translate, match, encode."""

@@ -1,0 +1,51 @@
+"""What every DICOMweb route shares: the service root it is served under, and media types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from gateway.errors import GatewayError
+from gateway.upstreams import Upstream
+
+__all__ = ["DICOM_JSON", "NotAcceptable", "ServiceRoot", "require_json_accept"]
+
+DICOM_JSON = "application/dicom+json"
+_JSON_TYPES = frozenset({DICOM_JSON, "application/json", "*/*", "application/*"})
+
+
+class NotAcceptable(GatewayError):
+    """The client accepts no media type the resource can be answered in."""
+
+    status_code = 406
+    title = "Not acceptable"
+
+
+@dataclass(frozen=True)
+class ServiceRoot:
+    """A DICOMweb service root (``/dicom-web`` or ``/dicom-web/upstreams/NAME``) and its PACS."""
+
+    path: str
+    upstream: Upstream
+
+    def root_url(self, request: Request) -> str:
+        """The absolute URL of this service root, as the client reached it."""
+        return f"{request.url.scheme}://{request.url.netloc}{self.path}"
+
+
+def require_json_accept(request: Request) -> None:
+    """Raise :class:`NotAcceptable` unless the Accept header admits DICOM JSON.
+
+    QIDO-RS may also be answered as ``multipart/related; type="application/dicom+xml"``
+    (PS3.18 §10.6.3.1); the gateway answers JSON only, and says so.
+    """
+    accept = request.headers.get("accept", "")
+    if not accept.strip():
+        return
+    for item in accept.split(","):
+        media_type = item.split(";")[0].strip().lower()
+        quality = next((p.split("=")[1].strip() for p in item.split(";")[1:] if p.strip().startswith("q=")), "1")
+        if media_type in _JSON_TYPES and quality not in ("0", "0.0", "0.00", "0.000"):
+            return
+    raise NotAcceptable(f"cannot answer in {accept!r}; this resource is served as {DICOM_JSON}")

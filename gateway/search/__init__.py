@@ -1,0 +1,1 @@
+"""QIDO-RS searches answered over C-FIND, emulating what the PACS cannot do."""

@@ -1,0 +1,128 @@
+"""An in-process C-FIND SCP (a real pynetdicom AE) for faults a real PACS won't produce on demand.
+
+It answers Study Root C-FINDs from in-memory instance datasets, hierarchically or relationally,
+and can be told to fail: answer a failure status after some results, hang, or abort. It records
+every identifier it receives, so tests can check what the gateway sent upstream.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification  # type: ignore[attr-defined]
+
+_UNIQUE = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
+_PARENTS = {"STUDY": [], "SERIES": ["StudyInstanceUID"], "IMAGE": ["StudyInstanceUID", "SeriesInstanceUID"]}
+
+
+@dataclass
+class Fault:
+    """What the fake PACS does wrong, and after how many pending responses."""
+
+    kind: str  # "status" | "hang" | "abort"
+    after: int = 0
+    status: int = 0xA700
+    seconds: float = 30.0
+
+
+@dataclass
+class FakePacs:
+    """A pynetdicom C-FIND SCP on 127.0.0.1 serving `instances`."""
+
+    instances: list[Dataset]
+    relational: bool = False
+    fault: Fault | None = None
+    ae_title: str = "FAKEPACS"
+    received: list[Dataset] = field(default_factory=list)
+    associations: int = 0
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self._ae = AE(ae_title=self.ae_title)
+        self._ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        self._ae.add_supported_context(Verification)
+        self._ae.maximum_associations = 16
+        self._server = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> FakePacs:
+        handlers = [(evt.EVT_C_FIND, self._handle_find), (evt.EVT_CONN_OPEN, self._count)]
+        self._server = self._ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+        self.port = self._server.server_address[1]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+
+    @property
+    def upstream(self) -> str:
+        return f"{self.ae_title}@127.0.0.1:{self.port}"
+
+    def _count(self, event: evt.Event) -> None:
+        with self._lock:
+            self.associations += 1
+
+    def _handle_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        identifier = event.identifier
+        self.received.append(identifier)
+        level = identifier.QueryRetrieveLevel
+        if not self.relational and any(not identifier.get(p) for p in _PARENTS[level]):
+            yield 0x0000, None
+            return
+        keys = [e for e in identifier if e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")]
+        seen: set[str] = set()
+        sent = 0
+        for instance in self.instances:
+            if not all(_matches(e.keyword, e.value, instance) for e in keys if e.VR != "SQ"):
+                continue
+            uid = instance.get(_UNIQUE[level])
+            if uid in seen:
+                continue
+            seen.add(uid)
+            if self.fault is not None and sent >= self.fault.after:
+                yield from self._misbehave(event)
+                return
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            response = Dataset()
+            response.QueryRetrieveLevel = level
+            for element in keys:
+                value = instance.get(element.keyword)
+                response.add_new(element.tag, element.VR, value if value is not None else None)
+            sent += 1
+            yield 0xFF00, response
+        yield 0x0000, None
+
+    def _misbehave(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        assert self.fault is not None
+        if self.fault.kind == "status":
+            yield self.fault.status, None
+        elif self.fault.kind == "hang":
+            time.sleep(self.fault.seconds)
+            yield 0x0000, None
+        else:
+            event.assoc.abort()
+            yield 0x0000, None
+
+
+def _matches(keyword: str, wanted: object, instance: Dataset) -> bool:
+    if wanted in (None, "", []):
+        return True
+    have = instance.get(keyword)
+    if have is None:
+        return False
+    options = [str(w) for w in wanted] if isinstance(wanted, MultiValue | list) else str(wanted).split("\\")
+    values = [str(v) for v in have] if isinstance(have, MultiValue | list) else [str(have)]
+    if "-" in options[0] and keyword.endswith("Date"):
+        low, _, high = options[0].partition("-")
+        return any((not low or v >= low) and (not high or v <= high) for v in values)
+    return any(fnmatch.fnmatchcase(v, o) for v in values for o in options)
