@@ -56,6 +56,14 @@ class _TunedAssociationSocket(AssociationSocket):
         ae = getattr(self.assoc, "ae", None)
         return ae.socket_profile if isinstance(ae, TunedAE) else None
 
+    def _shutdown_socket(self) -> None:
+        # pynetdicom skips close() when shutdown() fails, as it does on a socket whose connect
+        # was refused, leaking one file descriptor per failed association attempt.
+        sock = self.socket
+        super()._shutdown_socket()
+        if sock is not None:
+            sock.close()
+
     def recv(self, nr_bytes: int) -> bytearray:
         data: bytearray = super().recv(nr_bytes)
         if _QUICKACK is not None and self.socket is not None and self._profile() is SocketProfile.INTERACTIVE:

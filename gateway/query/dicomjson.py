@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 import orjson
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
 __all__ = ["dataset_to_json", "encode_json"]
@@ -43,6 +43,18 @@ def _element_to_json(element: DataElement) -> dict[str, Any]:
         return {"vr": "LO" if element.VR in _NUMBER_VRS else element.VR, **({"Value": values} if values else {})}
 
 
+def _converted(dataset: Dataset, element: DataElement | RawDataElement) -> DataElement:
+    """The element with its value decoded; a value that does not decode is kept as text."""
+    if isinstance(element, DataElement):
+        return element
+    try:
+        return dataset[element.tag]
+    except (ValueError, TypeError, OverflowError) as exc:
+        logger.warning("attribute %s (%s) is malformed (%s); sent as text", element.tag, element.VR, exc)
+        raw = (element.value or b"").decode("latin-1").strip("\x00 ")
+        return DataElement(element.tag, "LO" if element.VR in _NUMBER_VRS else "UN", raw)
+
+
 def dataset_to_json(dataset: Dataset, *, keep: frozenset[int] | None = None) -> dict[str, Any]:
     """Convert `dataset` to a DICOM JSON object with its tags in ascending order.
 
@@ -58,9 +70,7 @@ def dataset_to_json(dataset: Dataset, *, keep: frozenset[int] | None = None) -> 
         tag_value = int(element.tag)
         if tag_value in _DIMSE_ONLY or element.tag.element == 0 or (keep is not None and tag_value not in keep):
             continue
-        if not isinstance(element, DataElement):
-            element = dataset[element.tag]
-        result[f"{tag_value:08X}"] = _element_to_json(element)
+        result[f"{tag_value:08X}"] = _element_to_json(_converted(dataset, element))
     return result
 
 

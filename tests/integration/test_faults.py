@@ -1,0 +1,165 @@
+"""Faults a real PACS won't produce on demand, against the in-process fake PACS.
+
+Each test checks that the client gets a prompt, precise error, and that the gateway recovers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
+
+import httpx
+import pytest
+from pydicom.dataset import Dataset
+
+from gateway.settings import Settings, load_settings
+from tests.conftest import free_port, live_gateway
+from tests.fakepacs import Fault, FakePacs
+
+
+def instance(study: int, series: int, number: int, modality: str) -> Dataset:
+    ds = Dataset()
+    ds.StudyInstanceUID = f"1.2.826.0.1.{study}"
+    ds.SeriesInstanceUID = f"1.2.826.0.1.{study}.{series}"
+    ds.SOPInstanceUID = f"1.2.826.0.1.{study}.{series}.{number}"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.Modality = modality
+    ds.PatientName = f"Patient^{study}"
+    ds.PatientID = f"P{study}"
+    ds.StudyDate = f"2020{study % 12 + 1:02d}01"
+    ds.SeriesNumber = series
+    ds.InstanceNumber = number
+    return ds
+
+
+INSTANCES = [instance(st, se, n, "CT" if se == 1 else "PT") for st in range(1, 9) for se in (1, 2) for n in (1, 2)]
+
+
+def settings_for(upstream: str, **upstream_options: object) -> Settings:
+    settings = load_settings(None, upstream=upstream)
+    tuned = replace(settings.default_upstream, profile="legacy", **upstream_options)
+    return replace(settings, upstreams=(tuned,))
+
+
+@contextmanager
+def gateway(pacs: FakePacs, **upstream_options: object) -> Iterator[str]:
+    with live_gateway(settings_for(pacs.upstream, **upstream_options)) as root:
+        yield root
+
+
+def test_failure_status_after_some_results_is_a_502_not_a_short_answer() -> None:
+    with FakePacs(INSTANCES, fault=Fault("status", after=3, status=0xA700)) as pacs, gateway(pacs) as root:
+        response = httpx.get(f"{root}/studies", timeout=10)
+    assert response.status_code == 502
+    body = response.json()
+    assert body["dimseStatus"] == "0xA700" and "out of resources" in body["detail"]
+
+
+def test_hanging_pacs_is_a_prompt_504() -> None:
+    with FakePacs(INSTANCES, fault=Fault("hang", after=1, seconds=4)) as pacs, gateway(pacs, dimse_timeout=1.0) as root:
+        started = time.monotonic()
+        response = httpx.get(f"{root}/studies", timeout=10)
+        elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    assert elapsed < 3
+
+
+def test_aborting_pacs_is_a_502() -> None:
+    with FakePacs(INSTANCES, fault=Fault("abort", after=2)) as pacs, gateway(pacs) as root:
+        response = httpx.get(f"{root}/studies", timeout=10)
+    assert response.status_code == 502
+    assert "aborted" in response.json()["detail"]
+
+
+def test_unreachable_pacs_is_a_prompt_502_and_the_gateway_recovers_when_it_comes_back() -> None:
+    port = free_port()
+    upstream = f"FAKEPACS@127.0.0.1:{port}"
+    with live_gateway(settings_for(upstream, connect_timeout=1.0)) as root:
+        started = time.monotonic()
+        response = httpx.get(f"{root}/studies", timeout=10)
+        assert response.status_code == 502 and time.monotonic() - started < 3
+        assert "cannot open an association" in response.json()["detail"]
+        assert httpx.get(f"{root.rsplit('/', 1)[0]}/ready", timeout=10).status_code == 503
+        with FakePacs(INSTANCES, port=port):
+            response = httpx.get(f"{root}/studies", timeout=10)
+            assert response.status_code == 200 and len(response.json()) == 8
+            assert httpx.get(f"{root.rsplit('/', 1)[0]}/ready", timeout=10).status_code == 200
+
+
+def test_rejected_association_is_a_502_naming_the_ae_titles() -> None:
+    with FakePacs(INSTANCES) as pacs:
+        pacs._ae.require_called_aet = True
+        with live_gateway(settings_for(f"WRONGAET@127.0.0.1:{pacs.port}")) as root:
+            response = httpx.get(f"{root}/studies", timeout=10)
+    assert response.status_code == 502 and "rejected" in response.json()["detail"]
+
+
+def test_busy_pool_is_a_503_with_retry_after() -> None:
+    fault = Fault("hang", after=0, seconds=3)
+    with (
+        FakePacs(INSTANCES, fault=fault) as pacs,
+        gateway(pacs, max_associations=1, acquire_timeout=0.5, dimse_timeout=2.5) as root,
+    ):
+        with ThreadPoolExecutor(2) as executor:
+            slow = executor.submit(httpx.get, f"{root}/studies", timeout=10)
+            time.sleep(0.5)
+            busy = httpx.get(f"{root}/studies?PatientID=P1", timeout=10)
+            assert slow.result().status_code == 504
+    assert busy.status_code == 503
+    assert busy.headers["Retry-After"] == "1"
+
+
+def test_pool_reuses_associations_and_never_exceeds_its_size() -> None:
+    with FakePacs(INSTANCES) as pacs, gateway(pacs, max_associations=2) as root:
+        for _ in range(10):
+            assert httpx.get(f"{root}/studies/1.2.826.0.1.1/series", timeout=10).status_code == 200
+        assert pacs.associations <= 2  # series counts are computed on a second association
+        with ThreadPoolExecutor(16) as executor:
+            # Fan-out queries nest C-FINDs (studies -> series -> instance counts): with only two
+            # associations for sixteen concurrent requests, this deadlocks if anything holds an
+            # association while it waits for another.
+            futures = [executor.submit(httpx.get, f"{root}/series?Modality=PT", timeout=30) for _ in range(16)]
+            responses = [f.result() for f in futures]
+        assert all(r.status_code == 200 and len(r.json()) == 8 for r in responses)
+        health = httpx.get(f"{root.rsplit('/', 1)[0]}/health", timeout=10).json()
+    (pool,) = health["pools"]
+    assert pool["total"] <= 2 and pool["in_use"] == 0
+    assert pacs.associations <= 2 + pool["destroyed"]
+
+
+def test_limit_cancels_the_upstream_query() -> None:
+    many = [instance(st, 1, 1, "CT") for st in range(1, 200)]
+    with FakePacs(many) as pacs, gateway(pacs) as root:
+        response = httpx.get(f"{root}/studies?limit=3&offset=2", timeout=10)
+        assert [s["00100020"]["Value"][0] for s in response.json()] == ["P3", "P4", "P5"]
+        # the association is healthy and reused after the C-CANCEL
+        assert httpx.get(f"{root}/studies?PatientID=P7", timeout=10).json()[0]["00100020"]["Value"] == ["P7"]
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("/studies?StudyDate=2020-13-01", 400),
+        ("/studies?NoSuchKey=1", 400),
+        ("/studies?limit=-5", 400),
+        ("/studies/not.a.uid!/series", 400),
+        ("/studies?PatientName=a%5Cb", 400),
+        ("/nothing-here", 404),
+    ],
+)
+def test_bad_requests_never_reach_the_pacs(query: str, status: int) -> None:
+    with FakePacs(INSTANCES) as pacs, gateway(pacs) as root:
+        response = httpx.get(f"{root}{query}", timeout=10)
+    assert response.status_code == status
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["detail"]
+    assert pacs.received == []
+
+
+def test_xml_only_client_gets_406() -> None:
+    with FakePacs(INSTANCES) as pacs, gateway(pacs) as root:
+        response = httpx.get(f"{root}/studies", headers={"Accept": 'multipart/related; type="application/dicom+xml"'})
+    assert response.status_code == 406

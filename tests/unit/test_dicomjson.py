@@ -1,0 +1,50 @@
+"""Datasets -> DICOM JSON model (PS3.18 Annex F)."""
+
+from __future__ import annotations
+
+import orjson
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
+
+from gateway.query.dicomjson import dataset_to_json, encode_json
+
+
+def test_json_model() -> None:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientName = "Müller^Anna"
+    ds.NumberOfStudyRelatedSeries = "3"
+    ds.add_new(0x00201208, "IS", "12")
+    ds.ModalitiesInStudy = ["CT", "PT"]
+    ds.StudyDate = ""
+    ds.add_new(0x00080062, "UI", "1.2.840.10008.5.1.4.1.1.2\x00")
+    result = dataset_to_json(ds)
+    assert list(result) == sorted(result)
+    assert "00080005" not in result and "00080052" not in result
+    assert result["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Müller^Anna"}]}
+    assert result["00201206"] == {"vr": "IS", "Value": [3]}
+    assert result["00080061"] == {"vr": "CS", "Value": ["CT", "PT"]}
+    assert result["00080020"] == {"vr": "DA"}
+    assert result["00080062"] == {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]}
+    assert orjson.loads(encode_json([result])) == [result]
+
+
+def test_keep_selects_tags_and_sequences_convert() -> None:
+    ds = Dataset()
+    ds.PatientID = "X"
+    item = Dataset()
+    item.RequestedProcedureID = "RP1"
+    ds.RequestAttributesSequence = [item]
+    result = dataset_to_json(ds, keep=frozenset({0x00400275}))
+    assert result == {"00400275": {"vr": "SQ", "Value": [{"00401001": {"vr": "SH", "Value": ["RP1"]}}]}}
+
+
+def test_malformed_number_from_a_pacs_is_kept_as_text() -> None:
+    ds = Dataset()
+    ds[0x00201206] = RawDataElement(BaseTag(0x00201206), "IS", 2, b"3a", 0, True, True)
+    ds.PatientID = "X"
+    result = dataset_to_json(ds)
+    assert result["00201206"]["Value"] == ["3a"]
+    assert result["00100020"] == {"vr": "LO", "Value": ["X"]}

@@ -1,0 +1,36 @@
+"""QIDO keys -> C-FIND identifiers."""
+
+from __future__ import annotations
+
+from gateway.query.attributes import QueryLevel, tag
+from gateway.query.identifier import build_identifier
+from gateway.query.params import parse_qido_query
+
+
+def test_identifier_carries_level_keys_and_empty_return_keys() -> None:
+    query = parse_qido_query(QueryLevel.STUDY, [("ModalitiesInStudy", "CT,PT"), ("StudyDate", "20200101-")])
+    identifier = build_identifier(QueryLevel.STUDY, query.match_keys, [tag("PatientName"), tag("StudyDate")])
+    assert identifier.QueryRetrieveLevel == "STUDY"
+    assert list(identifier.ModalitiesInStudy) == ["CT", "PT"]
+    assert identifier.StudyDate == "20200101-"
+    assert identifier.PatientName == "" or identifier.PatientName is None
+    assert "SpecificCharacterSet" in identifier and not identifier.SpecificCharacterSet
+
+
+def test_non_ascii_values_declare_utf8() -> None:
+    query = parse_qido_query(QueryLevel.STUDY, [("PatientName", "Müller*")])
+    identifier = build_identifier(QueryLevel.STUDY, query.match_keys, [])
+    assert identifier.SpecificCharacterSet == "ISO_IR 192"
+
+
+def test_sequence_keys_nest_in_one_item() -> None:
+    query = parse_qido_query(QueryLevel.SERIES, [("00400275.00401001", "RP1"), ("00400275.0020000D", "1.2")])
+    identifier = build_identifier(QueryLevel.SERIES, query.match_keys, [tag("RequestAttributesSequence")])
+    (item,) = identifier.RequestAttributesSequence
+    assert item.RequestedProcedureID == "RP1" and item.StudyInstanceUID == "1.2"
+
+
+def test_binary_numbers_are_typed() -> None:
+    query = parse_qido_query(QueryLevel.IMAGE, [("Rows", "512")])
+    identifier = build_identifier(QueryLevel.IMAGE, query.match_keys, [])
+    assert identifier.Rows == 512

@@ -1,0 +1,88 @@
+"""plan_search: which keys the PACS gets, which the gateway checks, which levels are queried."""
+
+from __future__ import annotations
+
+from gateway.query.attributes import QueryLevel, tag
+from gateway.query.params import parse_qido_query
+from gateway.search.engine import plan_search
+from gateway.settings import PROFILES
+
+CAPABLE = PROFILES["orthanc"]
+LEGACY = PROFILES["legacy"]
+
+
+def keywords(keys) -> set[str]:
+    return {k.keyword for k in keys}
+
+
+def test_legacy_pacs_gets_no_modalities_in_study_and_gateway_matches_it() -> None:
+    query = parse_qido_query(QueryLevel.STUDY, [("ModalitiesInStudy", "CT,PT"), ("PatientID", "P1")])
+    plan = plan_search(query, LEGACY)
+    assert plan.levels == (QueryLevel.STUDY,)
+    assert keywords(plan.upstream_keys[QueryLevel.STUDY]) == {"PatientID"}
+    assert keywords(plan.local_keys[QueryLevel.STUDY]) == {"ModalitiesInStudy", "PatientID"}
+    assert tag("ModalitiesInStudy") in plan.return_tags[QueryLevel.STUDY]
+
+
+def test_capable_pacs_gets_every_key() -> None:
+    query = parse_qido_query(QueryLevel.STUDY, [("ModalitiesInStudy", "CT,PT"), ("PatientName", "doe*")])
+    plan = plan_search(query, CAPABLE)
+    assert keywords(plan.upstream_keys[QueryLevel.STUDY]) == {"ModalitiesInStudy", "PatientName"}
+
+
+def test_case_sensitive_pacs_gets_no_person_name() -> None:
+    query = parse_qido_query(QueryLevel.STUDY, [("PatientName", "doe*")])
+    assert keywords(plan_search(query, LEGACY).upstream_keys[QueryLevel.STUDY]) == set()
+
+
+def test_relational_series_query_fans_out_on_a_hierarchical_pacs() -> None:
+    query = parse_qido_query(QueryLevel.SERIES, [("Modality", "PT"), ("PatientID", "P1")])
+    plan = plan_search(query, LEGACY)
+    assert plan.levels == (QueryLevel.STUDY, QueryLevel.SERIES)
+    assert keywords(plan.upstream_keys[QueryLevel.STUDY]) == {"PatientID"}
+    assert keywords(plan.upstream_keys[QueryLevel.SERIES]) == {"Modality"}
+    # /series answers carry the study attributes too (PS3.18 Table 10.6.3-4)
+    assert plan.output_tags is not None and tag("PatientName") in plan.output_tags
+
+
+def test_relational_series_query_is_direct_on_a_relational_pacs() -> None:
+    query = parse_qido_query(QueryLevel.SERIES, [("Modality", "PT")])
+    plan = plan_search(query, CAPABLE)
+    assert plan.levels == (QueryLevel.SERIES,)
+
+
+def test_series_of_a_study_is_one_hierarchical_query() -> None:
+    query = parse_qido_query(QueryLevel.SERIES, [], study_uid="1.2.3")
+    plan = plan_search(query, LEGACY)
+    assert plan.levels == (QueryLevel.SERIES,)
+    assert keywords(plan.upstream_keys[QueryLevel.SERIES]) == {"StudyInstanceUID"}
+    assert plan.output_tags is not None and tag("PatientName") not in plan.output_tags
+
+
+def test_instances_of_a_study_go_through_its_series() -> None:
+    query = parse_qido_query(QueryLevel.IMAGE, [], study_uid="1.2.3")
+    plan = plan_search(query, LEGACY)
+    assert plan.levels == (QueryLevel.SERIES, QueryLevel.IMAGE)
+
+
+def test_all_instances_fan_out_from_studies() -> None:
+    plan = plan_search(parse_qido_query(QueryLevel.IMAGE, []), LEGACY)
+    assert plan.levels == (QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE)
+
+
+def test_combined_date_time_is_left_to_the_pacs() -> None:
+    query = parse_qido_query(QueryLevel.STUDY, [("StudyDate", "20200101-20200102"), ("StudyTime", "2300-0100")])
+    plan = plan_search(query, LEGACY)
+    assert keywords(plan.local_keys[QueryLevel.STUDY]) == set()
+
+
+def test_fuzzy_matching_unsupported_is_a_warning() -> None:
+    query = parse_qido_query(QueryLevel.STUDY, [("fuzzymatching", "true")])
+    assert plan_search(query, LEGACY).warnings == ("fuzzymatching not supported",)
+    assert plan_search(parse_qido_query(QueryLevel.STUDY, []), LEGACY).warnings == ()
+
+
+def test_includefield_all_returns_everything() -> None:
+    plan = plan_search(parse_qido_query(QueryLevel.STUDY, [("includefield", "all")]), LEGACY)
+    assert plan.output_tags is None
+    assert tag("StudyDescription") in plan.return_tags[QueryLevel.STUDY]
