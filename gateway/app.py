@@ -54,7 +54,12 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return _json(exc.status_code, {"status": exc.status_code, "title": str(exc.detail), "detail": str(exc.detail)})
+    body = {
+        "status": exc.status_code,
+        "title": str(exc.detail),
+        "detail": f"{request.method} {request.url.path}: {exc.detail}",
+    }
+    return _json(exc.status_code, body, exc.headers)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

@@ -44,6 +44,7 @@ __all__ = [
 RetrieveMethod = Literal["get", "move"]
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE: no backslash, no control chars
+_UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _UPSTREAM_ADDRESS = re.compile(r"^(?:(?P<name>[A-Za-z0-9_-]+)=)?(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
 
@@ -120,6 +121,8 @@ class UpstreamSettings:
 
     def __post_init__(self) -> None:
         prefix = f"upstreams.{self.name}"
+        if not _UPSTREAM_NAME.match(self.name):
+            raise ConfigError(f"{prefix}: an upstream name is letters, digits, '_' and '-' (it is part of URLs)")
         if not _AE_TITLE.match(self.ae_title) or not self.ae_title.strip():
             raise ConfigError(f"{prefix}.ae_title: {self.ae_title!r} is not a valid AE title (1-16 characters)")
         if not self.host:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -42,7 +43,7 @@ class Upstreams:
         self.default = self._by_name[settings.default_upstream.name]
         self._stack = AsyncExitStack()
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Upstream]:
         return iter(self._by_name.values())
 
     def get(self, name: str) -> Upstream | None:

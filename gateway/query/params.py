@@ -251,9 +251,9 @@ def parse_qido_query(
             elif name == "offset":
                 offset = _non_negative(name, raw)
             elif name == "fuzzymatching":
-                if raw not in ("true", "false"):
+                if raw.lower() not in ("true", "false"):
                     raise BadRequest(f"fuzzymatching: {raw!r} is not 'true' or 'false'")
-                fuzzy = raw == "true"
+                fuzzy = raw.lower() == "true"
             else:
                 for item in raw.split(","):
                     if item == "all":

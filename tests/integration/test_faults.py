@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from gateway.settings import Settings, load_settings
 from tests.conftest import free_port, live_gateway
-from tests.fakepacs import Fault, FakePacs
+from tests.fakepacs import FakePacs, Fault
 
 
 def instance(study: int, series: int, number: int, modality: str) -> Dataset:

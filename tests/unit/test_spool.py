@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import anyio
 import anyio.to_thread
 import pytest
