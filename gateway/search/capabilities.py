@@ -25,7 +25,7 @@ import anyio
 from pydicom.dataset import Dataset
 
 from gateway.dimse.client import UpstreamClient
-from gateway.errors import UpstreamError
+from gateway.errors import UpstreamError, UpstreamFailureStatus
 from gateway.query.attributes import QueryLevel, tag
 from gateway.query.identifier import build_identifier
 from gateway.query.params import MatchKey, MatchType
@@ -40,6 +40,15 @@ _REPROBE_AFTER = 30.0
 
 def _key(keyword: str, vr: str, value: str) -> MatchKey:
     return MatchKey((tag(keyword),), keyword, vr, MatchType.SINGLE, (value,))
+
+
+async def _answers(client: UpstreamClient, level: QueryLevel, keys: list[MatchKey], returns: list[str]) -> bool:
+    """Whether a probe query finds anything; a failure status counts as "no" (dcmqrscp answers
+    C000 to a SERIES query without StudyInstanceUID)."""
+    try:
+        return bool(await _first(client, level, keys, returns))
+    except UpstreamFailureStatus:
+        return False
 
 
 async def _first(
@@ -61,7 +70,7 @@ async def probe(client: UpstreamClient) -> Capabilities:
     if not studies:
         return Capabilities()
     modalities = any(ds.get("ModalitiesInStudy") for ds in studies)
-    relational = bool(await _first(client, QueryLevel.SERIES, [], ["SeriesInstanceUID"]))
+    relational = await _answers(client, QueryLevel.SERIES, [], ["SeriesInstanceUID"])
 
     case_insensitive: bool | None = None
     named = next((ds for ds in studies if any(c.isalpha() for c in str(ds.get("PatientName", "")))), None)
@@ -79,7 +88,7 @@ async def probe(client: UpstreamClient) -> Capabilities:
     series = await _first(client, QueryLevel.SERIES, [study], ["SeriesInstanceUID", "Modality"])
     if series and series[0].get("Modality"):
         impossible = MatchKey((tag("Modality"),), "Modality", "CS", MatchType.LIST, (series[0].Modality, "ZZ"))
-        list_matching = bool(await _first(client, QueryLevel.SERIES, [study, impossible], ["SeriesInstanceUID"]))
+        list_matching = await _answers(client, QueryLevel.SERIES, [study, impossible], ["SeriesInstanceUID"])
 
     return Capabilities(
         relational=relational,
