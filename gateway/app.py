@@ -59,7 +59,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         "title": str(exc.detail),
         "detail": f"{request.method} {request.url.path}: {exc.detail}",
     }
-    return _json(exc.status_code, body, exc.headers)
+    return _json(exc.status_code, body, dict(exc.headers or {}))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

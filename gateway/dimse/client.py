@@ -37,7 +37,25 @@ FIND_MODEL = UID("1.2.840.10008.5.1.4.1.2.2.1")  # Study Root Query/Retrieve Inf
 VERIFICATION = UID("1.2.840.10008.1.1")
 _TRANSFER_SYNTAXES: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
-Outcome = Literal["ok", "failure", "timeout", "aborted"]
+Outcome = Literal["ok", "cancelled", "failure", "timeout", "aborted"]
+
+
+def pause_reactor(assoc: Association, timeout: float = 0.005) -> None:
+    """Make sure the association's reactor thread is parked before an operation starts.
+
+    pynetdicom's ``send_*`` methods clear ``_reactor_checkpoint`` and then wait for
+    ``_is_paused``, but that flag may still be True from the reactor's previous pass while the
+    reactor is already past its wait: it then takes the first response off the queue ("Received
+    unexpected C-FIND service message") and the operation silently loses a result. Seen on
+    loopback against dcmqrscp, where answers arrive within a fraction of a millisecond. Resetting
+    the flag and waiting for the reactor to set it again proves it is parked. If it never does,
+    it was between setting the flag and waiting, and is parked as well.
+    """
+    assoc._reactor_checkpoint.clear()
+    assoc._is_paused = False
+    deadline = time.monotonic() + timeout
+    while not assoc._is_paused and time.monotonic() < deadline:
+        time.sleep(0.0001)
 
 
 class UpstreamClient:
@@ -110,8 +128,13 @@ class UpstreamClient:
     async def echo(self) -> None:
         """C-ECHO over a pooled association; raises :class:`UpstreamError` on failure."""
         conn = await self.pool.acquire()
+
+        def send_c_echo() -> Dataset:
+            pause_reactor(conn.assoc)
+            return conn.assoc.send_c_echo()
+
         try:
-            status = await anyio.to_thread.run_sync(conn.assoc.send_c_echo, limiter=self._limiter)
+            status = await anyio.to_thread.run_sync(send_c_echo, limiter=self._limiter)
         except BaseException:
             self.pool.destroy(conn)
             raise
@@ -153,6 +176,12 @@ class UpstreamClient:
                 except BaseException:
                     self.pool.destroy(conn)
                     raise
+                if outcome == "cancelled":
+                    # A PACS may answer the C-CANCEL after the final response (dcmqrscp does), and
+                    # pynetdicom does not check which request a response belongs to: a stray
+                    # answer would end the next C-FIND on this association. Don't reuse it.
+                    self.pool.destroy(conn)
+                    return
                 if outcome in ("ok", "failure"):
                     self.pool.release(conn)
                     if outcome == "failure":
@@ -176,6 +205,7 @@ class UpstreamClient:
     def _blocking_find(self, conn: PooledAssociation, identifier: Dataset, spool: ResultSpool) -> tuple[Outcome, int]:
         """The whole C-FIND exchange, in a worker thread."""
         assoc = conn.assoc
+        pause_reactor(assoc)
         msg_id = conn.next_message_id()
         cancel_sent = False
         waited_since = time.monotonic()
@@ -196,7 +226,7 @@ class UpstreamClient:
                         spool.put(dataset)
                     continue
                 if code in (SUCCESS, CANCEL):
-                    return "ok", code
+                    return ("cancelled" if cancel_sent else "ok"), code
                 return "failure", code
         except RuntimeError:  # "association must be established": the PACS closed it
             return "aborted", 0

@@ -10,13 +10,15 @@ out.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
-__all__ = ["dataset_to_json", "encode_json"]
+__all__ = ["dataset_to_json", "empty_elements", "encode_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,11 @@ def dataset_to_json(dataset: Dataset, *, keep: frozenset[int] | None = None) -> 
             continue
         result[f"{tag_value:08X}"] = _element_to_json(_converted(dataset, element))
     return result
+
+
+def empty_elements(tags: Iterable[int]) -> dict[str, Any]:
+    """Zero-length DICOM JSON elements for `tags`: ``{"0020000D": {"vr": "UI"}, ...}``."""
+    return {f"{t:08X}": {"vr": str(dictionary_VR(t))} for t in tags}
 
 
 def encode_json(value: Any) -> bytes:

@@ -14,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.errors import GatewayError
 from gateway.query.attributes import QueryLevel
-from gateway.query.dicomjson import dataset_to_json, encode_json
+from gateway.query.dicomjson import dataset_to_json, empty_elements, encode_json
 from gateway.query.params import parse_qido_query
 from gateway.routes.common import DICOM_JSON, ServiceRoot, require_json_accept
 from gateway.search.engine import Searcher, SearchPlan, plan_search
@@ -44,8 +44,9 @@ def _retrieve_url(root: str, dataset: Dataset, level: QueryLevel) -> str | None:
     return None
 
 
-def _to_json(dataset: Dataset, plan: SearchPlan, root: str) -> dict[str, Any]:
-    result = dataset_to_json(dataset, keep=plan.output_tags)
+def _to_json(dataset: Dataset, plan: SearchPlan, root: str, absent: dict[str, Any]) -> dict[str, Any]:
+    # A queried attribute is always answered (PS3.18 §10.6.3.3), empty when the PACS had no value.
+    result = {**absent, **dataset_to_json(dataset, keep=plan.output_tags)}
     url = _retrieve_url(root, dataset, plan.level)
     if url is not None:
         result[_RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
@@ -105,15 +106,16 @@ async def _search(request: Request, level: QueryLevel) -> Response:
 async def _stream_json(
     first: list[Dataset], rest: AsyncIterator[Dataset] | None, plan: SearchPlan, root: str
 ) -> AsyncIterator[bytes]:
+    absent = empty_elements(plan.output_tags or ())
     separator = b"["
     for dataset in first:
-        yield separator + encode_json(_to_json(dataset, plan, root))
+        yield separator + encode_json(_to_json(dataset, plan, root, absent))
         separator = b","
     if rest is not None:
         async with aclosing(rest):  # type: ignore[type-var]
             try:
                 async for dataset in rest:
-                    yield separator + encode_json(_to_json(dataset, plan, root))
+                    yield separator + encode_json(_to_json(dataset, plan, root, absent))
                     separator = b","
             except GatewayError as exc:
                 # The status line is gone; ending the body early makes the client see a broken
