@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import httpx
+import orjson
 import pytest
 from pydicom.dataset import Dataset
 
@@ -40,7 +41,7 @@ INSTANCES = [instance(st, se, n, "CT" if se == 1 else "PT") for st in range(1, 9
 
 def settings_for(upstream: str, **upstream_options: object) -> Settings:
     settings = load_settings(None, upstream=upstream)
-    tuned = replace(settings.default_upstream, profile="legacy", **upstream_options)
+    tuned = replace(settings.default_upstream, **{"profile": "legacy", **upstream_options})
     return replace(settings, upstreams=(tuned,))
 
 
@@ -163,3 +164,41 @@ def test_xml_only_client_gets_406() -> None:
     with FakePacs(INSTANCES) as pacs, gateway(pacs) as root:
         response = httpx.get(f"{root}/studies", headers={"Accept": 'multipart/related; type="application/dicom+xml"'})
     assert response.status_code == 406
+
+
+def test_failure_after_the_status_line_breaks_the_body_instead_of_shortening_it() -> None:
+    settings = settings_for("unused@127.0.0.1:1")
+    with FakePacs(INSTANCES, fault=Fault("status", after=5)) as pacs:
+        upstream = replace(settings.default_upstream, host="127.0.0.1", port=pacs.port, ae_title=pacs.ae_title)
+        with live_gateway(replace(settings, upstreams=(upstream,), prefetch_results=2)) as root:
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(f"{root}/studies", timeout=10).json()
+
+
+def test_max_results_caps_the_answer_with_a_warning() -> None:
+    settings = settings_for("unused@127.0.0.1:1")
+    with FakePacs(INSTANCES) as pacs:
+        upstream = replace(settings.default_upstream, host="127.0.0.1", port=pacs.port, ae_title=pacs.ae_title)
+        with live_gateway(replace(settings, upstreams=(upstream,), max_results=5)) as root:
+            capped = httpx.get(f"{root}/studies", timeout=10)
+            smaller = httpx.get(f"{root}/studies?limit=3", timeout=10)
+    assert len(capped.json()) == 5
+    assert "The number of results exceeded the maximum" in capped.headers["Warning"]
+    assert len(smaller.json()) == 3 and "Warning" not in smaller.headers
+
+
+def test_large_answers_are_streamed_in_pacs_order() -> None:
+    studies = []
+    for number in range(1, 2501):
+        ds = instance(number, 1, 1, "CT")
+        ds.ModalitiesInStudy = "CT"
+        ds.NumberOfStudyRelatedSeries = 1
+        ds.NumberOfStudyRelatedInstances = 1
+        studies.append(ds)
+    with FakePacs(studies) as pacs, gateway(pacs, profile="orthanc") as root:
+        with httpx.stream("GET", f"{root}/studies", timeout=60) as response:
+            assert response.headers.get("transfer-encoding") == "chunked"
+            chunks = list(response.iter_raw())
+    assert len(chunks) > 1
+    results = orjson.loads(b"".join(chunks))
+    assert [r["00100020"]["Value"][0] for r in results] == [f"P{n}" for n in range(1, 2501)]
