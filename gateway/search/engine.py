@@ -50,6 +50,11 @@ _SERIES_COUNT_TAG = tag(COMPUTED_SERIES_ATTRIBUTES[0])
 _MODALITIES_TAG = tag("ModalitiesInStudy")
 _SOP_CLASSES_TAG = tag("SOPClassesInStudy")
 _UNIQUE_TAGS = {level: tag(keyword) for level, keyword in UNIQUE_KEY.items()}
+# Default return attributes that PACS rarely hold and that are expensive to ask for: Orthanc
+# answers them empty, but only after reading every matching file from disk (a STUDY C-FIND for
+# 24 studies: first answer after 27 ms with them, 13 ms without). They are still answered (empty)
+# unless the client names them in includefield or as a match key, which makes the gateway ask.
+_NOT_ASKED_BY_DEFAULT = frozenset({tag("InstanceAvailability"), tag("TimezoneOffsetFromUTC")})
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,8 @@ def plan_search(query: QidoQuery, caps: Capabilities) -> SearchPlan:
 
     output_levels = _output_levels(query)
     output: set[int] = {tag(k) for lvl in output_levels for k in DEFAULT_RETURN_KEYWORDS[lvl]}
-    output |= {k.tag for k in query.match_keys} | set(query.include_tags)
+    explicit = {k.tag for k in query.match_keys} | set(query.include_tags)
+    output |= explicit
 
     # The top level queried: the study level unless the URL fixes the study and nothing else at
     # study level is asked for; likewise for the series level.
@@ -138,6 +144,7 @@ def plan_search(query: QidoQuery, caps: Capabilities) -> SearchPlan:
             wanted |= {tag(k) for x in covered for k in LEVEL_KEYWORDS[x]}
         wanted |= {_UNIQUE_TAGS[x] for x in covered}
         wanted -= {tag(k) for k in GATEWAY_ATTRIBUTES}
+        wanted -= _NOT_ASKED_BY_DEFAULT - explicit
         return_tags[lvl] = tuple(sorted(wanted))
 
     warnings: tuple[str, ...] = ()

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
 from pydicom.tag import BaseTag
 
+from gateway.demo.samples import generate_sample_studies, iter_sample_datasets
 from gateway.query.dicomjson import dataset_to_json, encode_json
 
 
@@ -48,3 +53,40 @@ def test_malformed_number_from_a_pacs_is_kept_as_text() -> None:
     result = dataset_to_json(ds)
     assert result["00201206"]["Value"] == ["3a"]
     assert result["00100020"] == {"vr": "LO", "Value": ["X"]}
+
+
+def _raw_roundtrip(ds: Dataset) -> Dataset:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return read_dataset(DicomBytesIO(buffer.getvalue()), False, True)
+
+
+@pytest.mark.parametrize("charset", ["ISO_IR 100", "ISO_IR 192"])
+def test_fast_path_agrees_with_pydicom(charset: str) -> None:
+    """C-FIND answers take a fast path; it must give what pydicom's own conversion gives."""
+    for source in iter_sample_datasets(generate_sample_studies(24)):
+        source.pop(0x7FE00010, None)  # PixelData: bulk data is not a QIDO matter
+        source.SpecificCharacterSet = charset
+        source.NumberOfStudyRelatedInstances = "12"
+        source.add_new(0x00181050, "DS", ["0.5", "2", "1e3"])  # SpatialResolution: DS of every shape
+        source.add_new(0x00100021, "LO", "")  # IssuerOfPatientID: empty
+        fast = dataset_to_json(_raw_roundtrip(source))
+        decoded = _raw_roundtrip(source)
+        decoded.decode()  # every element through pydicom
+        slow = dataset_to_json(decoded)
+        assert fast == slow
+
+
+def test_fast_path_reads_multi_valued_and_multi_group_values() -> None:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    ds.ModalitiesInStudy = ["CT", "PT"]
+    ds.add_new(0x00080062, "UI", "1.2.840.10008.5.1.4.1.1.2\x00")
+    result = dataset_to_json(_raw_roundtrip(ds))
+    assert result["00100010"]["Value"] == [
+        {"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}
+    ]
+    assert result["00080061"]["Value"] == ["CT", "PT"]
+    assert result["00080062"]["Value"] == ["1.2.840.10008.5.1.4.1.1.2"]
