@@ -26,7 +26,7 @@ from gateway.dimse.pool import AssociationPool, PooledAssociation
 from gateway.dimse.sockets import SocketProfile, TunedAE
 from gateway.dimse.spool import ResultSpool
 from gateway.dimse.status import CANCEL, PENDING, SUCCESS, failure_for_status, no_response_error
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import GatewayError, PoolExhausted, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.settings import UpstreamSettings
 
 __all__ = ["UpstreamClient"]
@@ -118,7 +118,14 @@ class UpstreamClient:
             return assoc
         where = self.settings.address
         if assoc.is_rejected:
-            raise UpstreamUnavailable(f"{where} rejected the association (check the AE titles)", upstream=self.name)
+            rejection = assoc.acceptor.primitive
+            reason = f"{rejection.result_str}: {rejection.reason_str}" if rejection is not None else "rejected"
+            if rejection is not None and rejection.result == 0x02:
+                # Rejected-transient (PS3.8 §9.3.4): busy, e.g. its association limit is reached.
+                raise PoolExhausted(f"{where} is busy and refused an association ({reason})", upstream=self.name)
+            raise UpstreamUnavailable(
+                f"{where} rejected the association ({reason}; check the AE titles)", upstream=self.name
+            )
         if time.monotonic() - started >= min(self.settings.connect_timeout, self.settings.acse_timeout) * 0.95:
             raise UpstreamTimeout(f"{where} did not accept an association in time", upstream=self.name)
         raise UpstreamUnavailable(

@@ -146,7 +146,7 @@ class AssociationPool:
     async def _open_new(self) -> PooledAssociation:
         try:
             assoc = await anyio.to_thread.run_sync(self._open, limiter=self._limiter)
-        except (UpstreamUnavailable, UpstreamTimeout):
+        except (UpstreamUnavailable, UpstreamTimeout, PoolExhausted):
             self._failed_opens += 1
             raise
         self._opened += 1

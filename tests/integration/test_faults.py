@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 from pydicom.dataset import Dataset
+from pynetdicom import AE
 
 from gateway.settings import Settings, load_settings
 from tests.conftest import free_port, live_gateway
@@ -202,3 +203,18 @@ def test_large_answers_are_streamed_in_pacs_order() -> None:
     assert len(chunks) > 1
     results = orjson.loads(b"".join(chunks))
     assert [r["00100020"]["Value"][0] for r in results] == [f"P{n}" for n in range(1, 2501)]
+
+
+def test_pacs_at_its_association_limit_is_a_503() -> None:
+    with FakePacs(INSTANCES) as pacs:
+        pacs._ae.maximum_associations = 1
+        blocker = AE("BLOCKER")
+        blocker.add_requested_context("1.2.840.10008.1.1")
+        held = blocker.associate("127.0.0.1", pacs.port, ae_title=pacs.ae_title)
+        try:
+            with gateway(pacs) as root:
+                response = httpx.get(f"{root}/studies", timeout=10)
+        finally:
+            held.release()
+    assert response.status_code == 503
+    assert "Local limit exceeded" in response.json()["detail"]
