@@ -17,6 +17,7 @@ import orjson
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 __all__ = ["dataset_to_json", "empty_elements", "encode_json"]
 
@@ -29,7 +30,35 @@ _DIMSE_ONLY = frozenset({0x00080005, 0x00080052, 0x00080054})
 _NUMBER_VRS = frozenset({"IS", "DS"})
 
 
+def _decoded_to_json(element: DataElement) -> dict[str, Any] | None:
+    """DICOM JSON for a decoded string or number element, or None to let pydicom do it."""
+    vr = element.VR
+    if vr not in _STRING_VRS and vr not in _NUMBER_VRS and vr not in _TEXT_VRS:
+        return None
+    value = element.value
+    items = list(value) if isinstance(value, MultiValue | list) else [value]
+    values: list[Any] = []
+    for item in items:
+        text = "" if item is None else str(item).strip(" \x00")
+        if vr == "PN":
+            groups = text.split("=")
+            values.append({name: part for name, part in zip(_PN_GROUPS, groups, strict=False) if part} or None)
+        elif vr in _NUMBER_VRS:
+            try:
+                values.append(_number(vr, text))
+            except ValueError:
+                return None
+        else:
+            values.append(text or None)
+    if all(v is None for v in values):
+        return {"vr": vr}
+    return {"vr": vr, "Value": values}
+
+
 def _element_to_json(element: DataElement) -> dict[str, Any]:
+    fast = _decoded_to_json(element)
+    if fast is not None:
+        return fast
     if element.VR == "SQ":
         items = [dataset_to_json(item) for item in element.value]
         return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}

@@ -1,0 +1,234 @@
+"""QIDO-RS benchmark: the gateway against a plain C-FIND and against Orthanc's own QIDO-RS.
+
+One run, one Orthanc holding the sample studies, three ways to ask it the same question
+("studies with a CT series"), each at concurrency 1 and 16:
+
+- ``gateway``: the gateway's QIDO-RS, served by its CLI in its own process, in front of Orthanc's
+  DIMSE port (pooled associations, tuned sockets);
+- ``c-find``: what a naive integration does: pynetdicom, a new association per query, default
+  sockets, the same identifier the gateway sends;
+- ``orthanc-qido``: Orthanc's native DICOMweb plugin on the same data.
+
+Prints a Markdown table (p50 and p95 latency in ms, throughput in requests/s) and the ratios, and
+writes the raw numbers as JSON. Talks only to 127.0.0.1 and stops by itself.
+
+    .venv/bin/python bench/qido.py [--studies 48] [--requests 200] [--out bench/results/qido.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+
+from gateway.demo.pacs import OrthancPacs, free_port
+from gateway.demo.samples import generate_sample_studies, iter_sample_datasets
+
+FIND_MODEL = "1.2.840.10008.5.1.4.1.2.2.1"
+QUERY = {"ModalitiesInStudy": "CT"}
+RETURN_KEYS = (
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ModalitiesInStudy",
+    "ReferringPhysicianName",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyID",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+)
+
+
+def plain_c_find(pacs: OrthancPacs) -> Callable[[], int]:
+    """A C-FIND over a new association with pynetdicom's defaults; returns the match count."""
+
+    def query() -> int:
+        ae = AE(ae_title="BENCH")
+        ae.add_requested_context(FIND_MODEL)
+        assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title)
+        if not assoc.is_established:
+            raise RuntimeError("association failed")
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.SpecificCharacterSet = ""
+        for keyword in RETURN_KEYS:
+            setattr(identifier, keyword, "")
+        identifier.ModalitiesInStudy = QUERY["ModalitiesInStudy"]
+        matches = sum(1 for status, _ in assoc.send_c_find(identifier, FIND_MODEL) if status.Status == 0xFF00)
+        assoc.release()
+        return matches
+
+    return query
+
+
+def http_query(url: str) -> Callable[[], int]:
+    """A QIDO-RS GET on a client per thread (kept-alive connections, as a viewer has)."""
+    local = threading.local()
+
+    def query() -> int:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(timeout=30)
+        response = client.get(url, params=QUERY, headers={"Accept": "application/dicom+json"})
+        response.raise_for_status()
+        return len(response.json())
+
+    return query
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(query: Callable[[], int], requests: int, concurrency: int, pid: int | None = None) -> dict[str, float]:
+    """Run `requests` queries on `concurrency` threads; latency percentiles and throughput.
+
+    With `pid`, also the CPU time that process spent per request (the gateway's own cost).
+    """
+    for _ in range(10):
+        query()
+    latencies: list[float] = []
+    counts: set[int] = set()
+    lock = threading.Lock()
+    per_thread = requests // concurrency
+
+    def worker() -> None:
+        for _ in range(per_thread):
+            started = time.perf_counter()
+            count = query()
+            elapsed = (time.perf_counter() - started) * 1000
+            with lock:
+                latencies.append(elapsed)
+                counts.add(count)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    cpu_before = cpu_seconds(pid) if pid is not None else 0.0
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    wall = time.perf_counter() - started
+    cpu = cpu_seconds(pid) - cpu_before if pid is not None else float("nan")
+    if len(counts) != 1:
+        raise RuntimeError(f"answers differ between runs: {counts}")
+    latencies.sort()
+    return {
+        "p50_ms": statistics.median(latencies),
+        "p95_ms": latencies[int(len(latencies) * 0.95) - 1],
+        "throughput_rps": len(latencies) / wall,
+        "server_cpu_ms_per_request": cpu * 1000 / len(latencies),
+        "matches": counts.pop(),
+        "requests": len(latencies),
+    }
+
+
+def start_gateway(upstream: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    command = [
+        str(Path(sys.executable).with_name("dicomweb-gateway")),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--upstream",
+        upstream,
+        "--log-level",
+        "warning",
+    ]
+    log = (workdir / "gateway.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return process, f"http://127.0.0.1:{port}/dicom-web"
+        except OSError:
+            time.sleep(0.1)
+    process.terminate()
+    raise RuntimeError("the gateway did not start")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--studies", type=int, default=48)
+    parser.add_argument("--requests", type=int, default=200, help="requests per method and concurrency")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/qido.json"))
+    args = parser.parse_args()
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-qido-") as tmp, OrthancPacs(Path(tmp) / "orthanc") as orthanc:
+        orthanc.store(iter_sample_datasets(generate_sample_studies(args.studies)))
+        gateway, root = start_gateway(orthanc.upstream, Path(tmp))
+        try:
+            methods = {
+                "gateway": http_query(f"{root}/studies"),
+                "c-find": plain_c_find(orthanc),
+                "orthanc-qido": http_query(f"{orthanc.dicomweb_url}/studies"),
+            }
+            for concurrency in (1, 16):
+                for name, query in methods.items():
+                    requests = args.requests if concurrency == 1 else args.requests * 2
+                    pid = gateway.pid if name == "gateway" else None
+                    results.setdefault(name, {})[f"c{concurrency}"] = measure(query, requests, concurrency, pid)
+                    print(f"  measured {name} at concurrency {concurrency}", file=sys.stderr, flush=True)
+        finally:
+            gateway.terminate()
+            gateway.wait(timeout=15)
+
+    lines = [
+        f"QIDO-RS `/studies?ModalitiesInStudy=CT` ({results['gateway']['c1']['matches']:.0f} of {args.studies} "
+        f"studies match), Orthanc upstream, {os.cpu_count()} cores, loopback:",
+        "",
+        "| method | concurrency | p50 ms | p95 ms | requests/s | gateway CPU ms/request |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for concurrency in ("c1", "c16"):
+        for name in results:
+            r = results[name][concurrency]
+            cpu = "" if name != "gateway" else f"{r['server_cpu_ms_per_request']:.1f}"
+            cells = [
+                name,
+                concurrency[1:],
+                f"{r['p50_ms']:.1f}",
+                f"{r['p95_ms']:.1f}",
+                f"{r['throughput_rps']:.0f}",
+                cpu,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for concurrency in ("c1", "c16"):
+        gateway_p50 = results["gateway"][concurrency]["p50_ms"]
+        lines.append(
+            f"- concurrency {concurrency[1:]}: gateway p50 / Orthanc QIDO-RS p50 = "
+            f"{gateway_p50 / results['orthanc-qido'][concurrency]['p50_ms']:.2f}; "
+            f"gateway p50 / plain C-FIND p50 = {gateway_p50 / results['c-find'][concurrency]['p50_ms']:.2f}"
+        )
+    print("\n".join(lines))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
