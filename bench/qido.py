@@ -31,28 +31,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from pydicom.dataset import Dataset
 from pynetdicom import AE
 
 from gateway.demo.pacs import OrthancPacs, free_port
 from gateway.demo.samples import generate_sample_studies, iter_sample_datasets
+from gateway.query.attributes import QueryLevel
+from gateway.query.identifier import build_identifier
+from gateway.query.params import parse_qido_query
+from gateway.search.engine import plan_search
+from gateway.settings import PROFILES
 
 FIND_MODEL = "1.2.840.10008.5.1.4.1.2.2.1"
 QUERY = {"ModalitiesInStudy": "CT"}
-RETURN_KEYS = (
-    "StudyDate",
-    "StudyTime",
-    "AccessionNumber",
-    "ModalitiesInStudy",
-    "ReferringPhysicianName",
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyID",
-    "NumberOfStudyRelatedSeries",
-    "NumberOfStudyRelatedInstances",
+# Exactly the identifier the gateway sends for the same query to a capable PACS.
+_PLAN = plan_search(parse_qido_query(QueryLevel.STUDY, list(QUERY.items())), PROFILES["orthanc"])
+IDENTIFIER = build_identifier(
+    QueryLevel.STUDY, _PLAN.upstream_keys[QueryLevel.STUDY], _PLAN.return_tags[QueryLevel.STUDY]
 )
 
 
@@ -65,13 +59,7 @@ def plain_c_find(pacs: OrthancPacs) -> Callable[[], int]:
         assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title)
         if not assoc.is_established:
             raise RuntimeError("association failed")
-        identifier = Dataset()
-        identifier.QueryRetrieveLevel = "STUDY"
-        identifier.SpecificCharacterSet = ""
-        for keyword in RETURN_KEYS:
-            setattr(identifier, keyword, "")
-        identifier.ModalitiesInStudy = QUERY["ModalitiesInStudy"]
-        matches = sum(1 for status, _ in assoc.send_c_find(identifier, FIND_MODEL) if status.Status == 0xFF00)
+        matches = sum(1 for status, _ in assoc.send_c_find(IDENTIFIER, FIND_MODEL) if status.Status == 0xFF00)
         assoc.release()
         return matches
 
