@@ -80,7 +80,7 @@ def _output_levels(query: QidoQuery) -> list[QueryLevel]:
     ]
 
 
-def _local_check(key: MatchKey, caps: Capabilities, date_time_combined: bool) -> bool:
+def _local_check(key: MatchKey, date_time_combined: bool) -> bool:
     """Whether the gateway re-checks `key` itself (after the PACS had it, or instead of it)."""
     if key.match_type is MatchType.UNIVERSAL or key.is_nested:
         return False
@@ -133,12 +133,15 @@ def plan_search(query: QidoQuery, caps: Capabilities) -> SearchPlan:
     local_keys: dict[QueryLevel, tuple[MatchKey, ...]] = {}
     return_tags: dict[QueryLevel, tuple[int, ...]] = {}
     for lvl in levels:
-        covered = [lvl] if not direct else [x for x in _LEVELS if x.depth <= query.level.depth]
-        if not direct and lvl is top:
+        # The levels whose keys and attributes this C-FIND carries: all of them for a direct query,
+        # the top one and those above it for the first C-FIND of a fan-out, its own level after.
+        if direct or lvl is top:
             covered = [x for x in _LEVELS if x.depth <= lvl.depth]
+        else:
+            covered = [lvl]
         keys = [k for x in covered for k in keys_by_level[x]]
         upstream_keys[lvl] = tuple(k for k in keys if _send_upstream(k, caps))
-        local_keys[lvl] = tuple(k for k in keys if _local_check(k, caps, date_time_combined))
+        local_keys[lvl] = tuple(k for k in keys if _local_check(k, date_time_combined))
         wanted = {t for t in output if level_of(_keyword(t), query.level) in covered}
         if query.include_all:
             wanted |= {tag(k) for x in covered for k in LEVEL_KEYWORDS[x]}
@@ -183,19 +186,19 @@ class _StudyAggregates:
 
 
 class Searcher:
-    """Runs planned searches for one upstream; one instance per request (it memoises)."""
+    """Runs one planned search on one upstream; one instance per request (it memoises counts)."""
 
-    def __init__(self, client: UpstreamClient, caps: Capabilities, concurrency: int) -> None:
+    def __init__(self, client: UpstreamClient, caps: Capabilities, plan: SearchPlan, concurrency: int) -> None:
         self._client = client
         self._caps = caps
+        self._plan = plan
         self._concurrency = concurrency
+        self._need_sop_classes = plan.output_tags is not None and _SOP_CLASSES_TAG in plan.output_tags
         self._study_aggregates: dict[str, _StudyAggregates] = {}
         self._series_counts: dict[tuple[str, str], int] = {}
 
-    async def search(self, query: QidoQuery, plan: SearchPlan) -> AsyncGenerator[Dataset, None]:
+    async def search(self, query: QidoQuery) -> AsyncGenerator[Dataset, None]:
         """Yield the matching results, de-duplicated, completed and filtered, in PACS order."""
-        self._plan = plan
-        self._need_sop_classes = plan.output_tags is not None and _SOP_CLASSES_TAG in plan.output_tags
         stream = self._descend(0, None)
         skipped = 0
         produced = 0
