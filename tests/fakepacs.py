@@ -42,6 +42,9 @@ class FakePacs:
     ae_title: str = "FAKEPACS"
     received: list[Dataset] = field(default_factory=list)
     associations: int = 0
+    cancels: int = 0
+    delay: float = 0.0
+    """Seconds to wait before each pending answer (a slow PACS)."""
     port: int = 0
 
     def __post_init__(self) -> None:
@@ -90,7 +93,11 @@ class FakePacs:
             if self.fault is not None and sent >= self.fault.after:
                 yield from self._misbehave(event)
                 return
+            if self.delay:
+                time.sleep(self.delay)
             if event.is_cancelled:
+                with self._lock:
+                    self.cancels += 1
                 yield 0xFE00, None
                 return
             response = Dataset()

@@ -218,3 +218,25 @@ def test_pacs_at_its_association_limit_is_a_503() -> None:
             held.release()
     assert response.status_code == 503
     assert "Local limit exceeded" in response.json()["detail"]
+
+
+def test_client_going_away_cancels_the_upstream_query_and_frees_the_association() -> None:
+    studies = []
+    for number in range(1, 1001):
+        ds = instance(number, 1, 1, "CT")
+        ds.ModalitiesInStudy = "CT"
+        ds.NumberOfStudyRelatedSeries = 1
+        ds.NumberOfStudyRelatedInstances = 1
+        studies.append(ds)
+    with FakePacs(studies, delay=0.005) as pacs, gateway(pacs, profile="orthanc") as root:
+        with httpx.stream("GET", f"{root}/studies", timeout=30) as response:
+            assert response.status_code == 200
+            next(response.iter_raw())  # the answer has started; now hang up
+        deadline = time.monotonic() + 10
+        while pacs.cancels == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pacs.cancels == 1
+        (pool,) = httpx.get(f"{root.rsplit('/', 1)[0]}/health", timeout=10).json()["pools"]
+        assert pool["in_use"] == 0
+        # and the gateway still answers
+        assert httpx.get(f"{root}/studies?PatientID=P7", timeout=10).status_code == 200
