@@ -226,21 +226,18 @@ def read_frames(path: Path, numbers: Sequence[int], encoding: FrameEncoding) -> 
     """
     pixels = StoredPixels(path)
     try:
-        count = pixels.number_of_frames
-        for number in numbers:
-            if not 1 <= number <= count:
-                raise BadRequest(f"frame {number} is out of range: the instance has {count} frame(s)")
+        indices = [pixels.frame_index(number) for number in numbers]
         if encoding.transfer_syntax not in (ExplicitVRLittleEndian, pixels.transfer_syntax):
             stored = pixels.transfer_syntax.name
             raise NotAcceptable(f"frames stored as {stored} cannot be sent as {encoding.content_type}")
     except BaseException:
         pixels.close()
         raise
-    return _iter_frames(pixels, numbers, encoding.transfer_syntax == ExplicitVRLittleEndian)
+    return _iter_frames(pixels, indices, encoding.transfer_syntax == ExplicitVRLittleEndian)
 
 
-def _iter_frames(pixels: StoredPixels, numbers: Sequence[int], uncompressed: bool) -> Iterator[bytes]:
+def _iter_frames(pixels: StoredPixels, indices: list[int], uncompressed: bool) -> Iterator[bytes]:
     with pixels:
         read = pixels.uncompressed_frame if uncompressed else pixels.stored_frame
-        for number in numbers:
-            yield read(number - 1)
+        for index in indices:
+            yield read(index)

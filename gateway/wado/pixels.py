@@ -118,6 +118,19 @@ class StoredPixels:
         """(0028,0100) Bits Allocated."""
         return int(self._options["bits_allocated"])
 
+    def frame_index(self, number: int) -> int:
+        """The 0-based index of frame `number` (1-based).
+
+        Raises
+        ------
+        BadRequest
+            `number` is out of range (PS3.18 §9.5.2 answers 400 for a frame number past Number of
+            Frames).
+        """
+        if not 1 <= number <= self.number_of_frames:
+            raise BadRequest(f"frame {number} is out of range: the instance has {self.number_of_frames} frame(s)")
+        return number - 1
+
     def _frame_pixels(self) -> int:
         return int(self._options["rows"]) * int(self._options["columns"]) * int(self._options["samples_per_pixel"])
 
