@@ -6,20 +6,13 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from gateway.errors import GatewayError
+from gateway.errors import NotAcceptable
 from gateway.upstreams import Upstream
 
 __all__ = ["DICOM_JSON", "NotAcceptable", "ServiceRoot", "require_json_accept"]
 
 DICOM_JSON = "application/dicom+json"
 _JSON_TYPES = frozenset({DICOM_JSON, "application/json", "*/*", "application/*"})
-
-
-class NotAcceptable(GatewayError):
-    """The client accepts no media type the resource can be answered in."""
-
-    status_code = 406
-    title = "Not acceptable"
 
 
 @dataclass(frozen=True)
