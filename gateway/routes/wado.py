@@ -19,11 +19,11 @@ from gateway.dimse.transfer import Transfer
 from gateway.errors import BadRequest, GatewayError
 from gateway.query.params import parse_uid
 from gateway.retrieve.cache import CachedInstance, InstanceCache
-from gateway.retrieve.media import AS_STORED, DicomRendition, negotiate_instances
 from gateway.retrieve.multipart import MultipartWriter
 from gateway.retrieve.service import Target, partial_warning
 from gateway.retrieve.transcode import TranscodeError, to_explicit_little_endian
 from gateway.routes.common import ServiceRoot
+from gateway.wado.instances import AS_STORED, DicomRendition, negotiate_instances
 
 __all__ = ["parse_target", "retrieve_instances"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.retrieve.media import negotiate_instances, parse_accept
-from gateway.routes.common import NotAcceptable
+from gateway.errors import NotAcceptable
+from gateway.wado.instances import negotiate_instances
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 
@@ -47,9 +47,3 @@ def test_honoured_accept_headers(accept: str, syntax: str) -> None:
 def test_what_cannot_be_served_is_406(accept: str) -> None:
     with pytest.raises(NotAcceptable):
         negotiate_instances(accept)
-
-
-def test_parse_accept_keeps_quoted_commas_and_orders_by_quality() -> None:
-    entries = parse_accept('a/b; x="1,2"; q=0.2, c/d')
-    assert [e.media_type for e in entries] == ["c/d", "a/b"]
-    assert entries[1].params == {"x": "1,2"}
