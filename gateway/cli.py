@@ -102,6 +102,9 @@ def _demo(args: argparse.Namespace) -> int:
                 f"  curl '{root}/studies?PatientName=doe*&includefield=StudyDescription'\n"
                 f"  curl '{root}/studies/{study.study_uid}/series'\n"
                 f"  curl '{root}/studies/{study.study_uid}/instances'\n"
+                f"  curl '{root}/studies/{study.study_uid}/series/{study.series[0].series_uid}/metadata'\n"
+                f"  curl -o study.multipart '{root}/studies/{study.study_uid}'\n"
+                f"  curl -o thumbnail.jpg '{root}/studies/{study.study_uid}/thumbnail'\n"
                 "Press Ctrl-C to stop.\n",
                 flush=True,
             )
