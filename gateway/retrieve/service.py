@@ -178,6 +178,24 @@ class RetrieveService:
             logger.warning("%s: retrieved %d instances, some failed; not cached as complete", target, len(received))
         return received
 
+    async def instances(self, target: Target) -> list[CachedInstance]:
+        """Every instance `target` names, pinned, through the cache: a study series by series."""
+        if target.instance is not None:
+            return [await self.instance(target)]
+        if target.series is not None:
+            return await self.series(target.study, target.series)
+        entries: list[CachedInstance] = []
+        try:
+            for series in await self.series_of_study(target.study):
+                entries += await self.series(target.study, series)
+        except BaseException:
+            for entry in entries:
+                self.cache.release(entry)
+            raise
+        if not entries:
+            raise NotFound(f"the PACS has no {target}")
+        return entries
+
     async def instance(self, target: Target) -> CachedInstance:
         """One instance, pinned: from the cache, else retrieved alone (never its whole series)."""
         assert target.instance is not None

@@ -19,7 +19,6 @@ from starlette.responses import Response, StreamingResponse
 from gateway.errors import NotAcceptable
 from gateway.retrieve.cache import CachedInstance, InstanceCache
 from gateway.retrieve.multipart import MultipartWriter
-from gateway.retrieve.service import RetrieveService
 from gateway.routes.common import DICOM_JSON, ServiceRoot, require_json_accept
 from gateway.routes.wado import parse_target
 from gateway.wado.accept import parse_accept
@@ -50,31 +49,12 @@ def _metadata_batch(cache: InstanceCache, entries: Sequence[CachedInstance], roo
     ]
 
 
-async def _gather(retrieval: RetrieveService, request: Request) -> list[CachedInstance]:
-    target = parse_target(request)
-    if target.instance is not None:
-        return [await retrieval.instance(target)]
-    if target.series is not None:
-        return await retrieval.series(target.study, target.series)
-    entries: list[CachedInstance] = []
-    try:
-        for series in await retrieval.series_of_study(target.study):
-            entries += await retrieval.series(target.study, series)
-    except BaseException:
-        for entry in entries:
-            retrieval.cache.release(entry)
-        raise
-    if not entries:
-        await retrieval.check_found(target, retrieval.start(target))
-    return entries
-
-
 async def retrieve_metadata(request: Request) -> Response:
     """``GET .../metadata`` at study, series and instance level: a DICOM JSON array."""
     require_json_accept(request)
     service: ServiceRoot = request.scope["gateway.service"]
     retrieval = service.upstream.retrieval
-    entries = await _gather(retrieval, request)
+    entries = await retrieval.instances(parse_target(request))
     return StreamingResponse(_json_array(retrieval.cache, entries, service.root_url(request)), media_type=DICOM_JSON)
 
 

@@ -47,7 +47,7 @@ async def retrieve_rendered(request: Request) -> Response:
     retrieval = service.upstream.retrieval
     headers = _headers(request, options)
     if target.instance is None:
-        entries = await _instances(retrieval, target)
+        entries = await retrieval.instances(target)
         pictures = [(entry, 1) for entry in entries]
     else:
         entry = await retrieval.instance(target)
@@ -70,22 +70,6 @@ async def retrieve_rendered(request: Request) -> Response:
     writer = MultipartWriter(options.media_type)
     headers["Content-Type"] = writer.content_type
     return StreamingResponse(_pictures(retrieval, entries, pictures, options, writer), headers=headers)
-
-
-async def _instances(retrieval: RetrieveService, target: Target) -> list[CachedInstance]:
-    if target.series is not None:
-        return await retrieval.series(target.study, target.series)
-    entries: list[CachedInstance] = []
-    try:
-        for series in await retrieval.series_of_study(target.study):
-            entries += await retrieval.series(target.study, series)
-    except BaseException:
-        for entry in entries:
-            retrieval.cache.release(entry)
-        raise
-    if not entries:
-        raise NotFound(f"the PACS has no {target}")
-    return entries
 
 
 async def _pictures(
