@@ -105,5 +105,17 @@ def test_a_newer_copy_replaces_the_instance_and_its_derived_files(cache: Instanc
     new = cache.admit(received(tmp_path, "1.2.3.1.1", size=200))
     assert old.gone and not new.gone and cache.size == new.size
     assert cache.sidecar(new, ".json", lambda path: b"new metadata") == b"new metadata"
+    # Whoever is reading the old copy keeps it until done with it.
+    assert old.path.exists() and old.path != new.path
     cache.release(old)
+    assert not old.path.exists() and not old.path.with_suffix(".json").exists()
     cache.release(new)
+    assert cache.acquire("1.2.3.1.1") is new
+
+
+def test_forgetting_an_instance_being_read_deletes_it_after_the_reader(cache: InstanceCache, tmp_path: Path) -> None:
+    entry = cache.admit(received(tmp_path, "1.2.3.1.1"))
+    cache.forget("1.2.3", "1.2.3.1", "1.2.3.1.1")
+    assert entry.path.exists() and cache.size == 0
+    cache.release(entry)
+    assert not entry.path.exists()
