@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from gateway.errors import BadRequest, NotFound
@@ -173,3 +173,11 @@ def test_bulk_data_path_to_nothing_is_not_found(rich: tuple[Dataset, Path], tag_
 
 def test_lowercase_tag_path_reads_the_same_value(rich: tuple[Dataset, Path]) -> None:
     assert b"".join(iter_bulkdata(rich[1], "7fe00010")) == rich[0].PixelData
+
+
+def test_pixel_data_is_never_decoded_for_metadata(tmp_path: Path) -> None:
+    ds = compressed(image(ramp(32, 32, frames=2)), RLELossless)
+    ds.PixelData = encapsulate([b"not RLE at all", b"nor this"])
+    path = write(ds, tmp_path)
+    assert instance_metadata(path, BULK)["7FE00010"] == {"vr": "OB", "BulkDataURI": f"{BULK}/7FE00010"}
+    assert list(iter_bulkdata(path, "7FE00010")) == [b"not RLE at all", b"nor this"]
