@@ -63,12 +63,14 @@ def _decoded_to_json(element: DataElement) -> dict[str, Any] | None:
     return {"vr": vr, "Value": values}
 
 
-def _element_to_json(element: DataElement, bulk_data: BulkDataHandler | None, path: str) -> dict[str, Any]:
+def _element_to_json(
+    element: DataElement, bulk_data: BulkDataHandler | None, path: str, codec: str | None
+) -> dict[str, Any]:
     fast = _decoded_to_json(element)
     if fast is not None:
         return fast
     if element.VR == "SQ":
-        items = [_to_json(item, None, bulk_data, f"{path}/{index}/") for index, item in enumerate(element.value)]
+        items = [_to_json(item, None, bulk_data, f"{path}/{index}/", codec) for index, item in enumerate(element.value)]
         return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
     if element.VR == "UI" and isinstance(element.value, str):
         element = DataElement(element.tag, "UI", element.value.rstrip("\x00 "))
@@ -103,10 +105,11 @@ _TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})  # one value, backslash allowed,
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 
-def _codec(dataset: Dataset) -> str | None:
+def _codec(dataset: Dataset, inherited: str | None) -> str | None:
+    """The codec of `dataset`'s own Specific Character Set, else the enclosing dataset's (PS3.5 §7.5.3)."""
     charset = dataset.get(0x00080005)
     if charset is None:
-        return "latin_1"
+        return inherited
     value = charset.value
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace").strip()
@@ -168,14 +171,18 @@ def dataset_to_json(
         Asked first about every element, in sequence items too; what it answers replaces the
         element's usual conversion (PS3.18 F.2.6 BulkDataURI, F.2.7 InlineBinary).
     """
-    return _to_json(dataset, keep, bulk_data, "")
+    return _to_json(dataset, keep, bulk_data, "", "latin_1")
 
 
 def _to_json(
-    dataset: Dataset, keep: frozenset[int] | None, bulk_data: BulkDataHandler | None, prefix: str
+    dataset: Dataset,
+    keep: frozenset[int] | None,
+    bulk_data: BulkDataHandler | None,
+    prefix: str,
+    inherited_codec: str | None,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    codec = _codec(dataset)
+    codec = _codec(dataset, inherited_codec)
     for tag in sorted(dataset.keys()):
         tag_value = int(tag)
         if tag_value in _DIMSE_ONLY or tag.element == 0 or (keep is not None and tag_value not in keep):
@@ -187,7 +194,7 @@ def _to_json(
         if json is None and codec and isinstance(element, RawDataElement):
             json = _raw_to_json(element, codec)
         if json is None:
-            json = _element_to_json(_converted(dataset, element), bulk_data, prefix + key)
+            json = _element_to_json(_converted(dataset, element), bulk_data, prefix + key, codec)
         result[key] = json
     return result
 

@@ -25,7 +25,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from gateway.errors import BadRequest
 
-__all__ = ["HEADER_DEFER_SIZE", "PIXEL_DATA_TAGS", "StoredPixels", "is_native_little_endian", "read_header"]
+__all__ = ["HEADER_DEFER_SIZE", "PIXEL_DATA_TAGS", "StoredPixels", "read_header"]
 
 PIXEL_DATA_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 """The three pixel data elements (PS3.3 C.7.6.3, C.7.6.24), by tag, with their keywords."""
@@ -46,16 +46,11 @@ def read_header(file: IO[bytes]) -> Dataset:
     return dataset
 
 
-def is_native_little_endian(transfer_syntax: UID) -> bool:
-    """Whether pixel data stored in `transfer_syntax` is already uncompressed little endian bytes."""
-    return not transfer_syntax.is_encapsulated and transfer_syntax.is_little_endian
-
-
 class StoredPixels:
     """The pixel data of one Part 10 file, open for reading frames one at a time.
 
-    Use as a context manager; frame indices are 0-based here (the routes' 1-based frame
-    numbers are the concern of :mod:`gateway.wado.frames`).
+    Use as a context manager. Frames are read by 0-based index; :meth:`frame_index` turns a
+    1-based frame number from a request into one.
 
     Parameters
     ----------
@@ -79,9 +74,8 @@ class StoredPixels:
             self.dataset = read_header(self._file)
             self.transfer_syntax = UID(self.dataset.file_meta.TransferSyntaxUID)
             element = self._pixel_element(path)
-            self.keyword = PIXEL_DATA_TAGS[int(element.tag)]
             self._options: dict[str, Any] = as_pixel_options(self.dataset)
-            self._options["pixel_keyword"] = self.keyword
+            self._options["pixel_keyword"] = PIXEL_DATA_TAGS[int(element.tag)]
             if element.VR:
                 self._options["pixel_vr"] = element.VR
             self.number_of_frames = int(self._options["number_of_frames"])
@@ -180,7 +174,7 @@ class StoredPixels:
         Stored little endian frames are returned as they are; anything else is decoded (see
         :meth:`decoded_frame` for the colour of decoded frames).
         """
-        if is_native_little_endian(self.transfer_syntax):
+        if not self.transfer_syntax.is_encapsulated and self.transfer_syntax.is_little_endian:
             return self.stored_frame(index)
         array = self.decoded_frame(index)
         if self.bits_allocated == 1:

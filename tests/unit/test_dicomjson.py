@@ -94,3 +94,13 @@ def test_fast_path_reads_multi_valued_and_multi_group_values() -> None:
     ]
     assert result["00080061"]["Value"] == ["CT", "PT"]
     assert result["00080062"]["Value"] == ["1.2.840.10008.5.1.4.1.1.2"]
+
+
+def test_sequence_items_are_read_in_the_character_set_of_the_dataset_around_them() -> None:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    item = Dataset()
+    item.RequestedProcedureDescription = "Schädel – 頭部"
+    ds.RequestAttributesSequence = [item]
+    result = dataset_to_json(_raw_roundtrip(ds))
+    assert result["00400275"]["Value"] == [{"00321060": {"vr": "LO", "Value": ["Schädel – 頭部"]}}]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from gateway.errors import BadRequest, NotFound
@@ -43,7 +43,7 @@ def _rich_instance() -> Dataset:
     ds.add_new(0x00091001, "OB", b"\x01\x02\x03\x04")
     ds.add_new(0x00091002, "OB", bytes(range(256)) * 20)
     code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "T-D1100", "SRT", "Head"
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "T-D1100", "SRT", "Schädel"
     icon = Dataset()
     icon.Rows = icon.Columns = 48
     icon.add_new(0x7FE00010, "OB", bytes(range(48)) * 48)
@@ -74,6 +74,7 @@ def test_every_element_that_is_not_bulk_data_is_what_pydicom_makes_of_it(rich: t
         "vr": "PN",
         "Value": [{"Alphabetic": "Müller^Anna", "Ideographic": "ミュラー^アンナ"}],
     }
+    assert result["00082218"]["Value"][0]["00080104"] == {"vr": "LO", "Value": ["Schädel"]}  # the item's charset
     assert result["00280009"] == {"vr": "AT", "Value": ["00181063", "00181065"]}
     assert result["00080050"] == {"vr": "SH"}
     assert result["00200032"] == {"vr": "DS", "Value": [1.5, -2, 3.25]}
@@ -173,3 +174,11 @@ def test_bulk_data_path_to_nothing_is_not_found(rich: tuple[Dataset, Path], tag_
 
 def test_lowercase_tag_path_reads_the_same_value(rich: tuple[Dataset, Path]) -> None:
     assert b"".join(iter_bulkdata(rich[1], "7fe00010")) == rich[0].PixelData
+
+
+def test_pixel_data_is_never_decoded_for_metadata(tmp_path: Path) -> None:
+    ds = compressed(image(ramp(32, 32, frames=2)), RLELossless)
+    ds.PixelData = encapsulate([b"not RLE at all", b"nor this"])
+    path = write(ds, tmp_path)
+    assert instance_metadata(path, BULK)["7FE00010"] == {"vr": "OB", "BulkDataURI": f"{BULK}/7FE00010"}
+    assert list(iter_bulkdata(path, "7FE00010")) == [b"not RLE at all", b"nor this"]

@@ -233,3 +233,9 @@ def test_bad_parameters_are_bad_requests_naming_the_parameter(params: list[tuple
 def test_unsupported_media_type_is_not_acceptable(accept: str) -> None:
     with pytest.raises(NotAcceptable, match="available: image/jpeg, image/png, image/gif"):
         parse_render_options([], accept)
+
+
+def test_signed_pixels(tmp_path: Path) -> None:
+    ds = image(np.tile(np.arange(-1000, 1000, 8, dtype=np.int16), (2, 1)), bits_stored=16)
+    rendered = _pixels(render_frame(write(ds, tmp_path), 1, RenderOptions("image/png", window=Window(0, 1000))))
+    assert rendered[0, 0] == 0 and rendered[0, -1] == 255 and rendered[0, 125] == 128
