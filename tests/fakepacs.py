@@ -50,6 +50,8 @@ class FakePacs:
     received: list[Dataset] = field(default_factory=list)
     associations: int = 0
     cancels: int = 0
+    sent: int = 0
+    """C-GET sub-operations started so far."""
     delay: float = 0.0
     """Seconds to wait before each pending answer (a slow PACS)."""
     port: int = 0
@@ -139,6 +141,8 @@ class FakePacs:
                     self.cancels += 1
                 yield 0xFE00, None
                 return
+            with self._lock:
+                self.sent += 1
             yield 0xFF00, _with_file_meta(instance)
 
     def _misbehave(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:

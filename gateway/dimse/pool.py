@@ -188,6 +188,9 @@ class AssociationPool:
                     tasks.start_soon(self._close, conn, True)
         for conn in list(self._in_use):
             conn.assoc.abort(block=False)
+            # pynetdicom does not wake an operation waiting for a response when the abort is ours:
+            # without this, it would sit out its whole dimse_timeout before seeing it.
+            conn.assoc.dimse.msg_queue.put((None, None))
 
     def stats(self) -> PoolStats:
         """A snapshot of the pool's counters."""

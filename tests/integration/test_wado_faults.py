@@ -93,6 +93,18 @@ def test_nothing_retrievable_is_a_404() -> None:
     assert response.status_code == 404
 
 
+def test_the_first_part_leaves_before_the_pacs_has_sent_the_rest() -> None:
+    many = [instance(1, 1, n, "CT") for n in range(1, 11)]
+    with FakePacs(many, delay=0.3) as pacs, gateway(pacs) as root:
+        with httpx.stream("GET", f"{root}/studies/{STUDY}", headers=ACCEPT, timeout=10) as response:
+            chunks = response.iter_raw()
+            first = next(chunks)
+            assert b"Content-Type: application/dicom" in first
+            assert pacs.sent < len(many)
+            body = first + b"".join(chunks)
+        assert part_count(body) == len(many)
+
+
 def test_client_hanging_up_cancels_the_retrieve_and_frees_the_association() -> None:
     many = [instance(1, 1, n, "CT") for n in range(1, 41)]
     with FakePacs(many, delay=0.05) as pacs, gateway(pacs) as root:
@@ -106,3 +118,13 @@ def test_client_hanging_up_cancels_the_retrieve_and_frees_the_association() -> N
         assert retrieve_pool(root)["in_use"] == 0
         response = httpx.get(f"{root}/studies/{STUDY}/series/{STUDY}.1/instances/{STUDY}.1.3", headers=ACCEPT)
         assert response.status_code == 200 and part_count(response.content) == 1
+
+
+def test_shutdown_during_a_retrieve_is_prompt() -> None:
+    many = [instance(1, 1, n, "CT") for n in range(1, 41)]
+    with FakePacs(many, delay=0.3) as pacs:
+        with gateway(pacs) as root, httpx.stream("GET", f"{root}/studies/{STUDY}", headers=ACCEPT, timeout=10) as r:
+            next(r.iter_raw())
+            stopping = time.monotonic()
+        # The C-GET in flight is aborted, not waited for (dimse_timeout is 30 s).
+        assert time.monotonic() - stopping < 5
