@@ -21,6 +21,7 @@ from gateway.dimse import sockets
 from gateway.errors import GatewayError, UpstreamError
 from gateway.routes.common import ServiceRoot
 from gateway.routes.qido import search_for_instances, search_for_series, search_for_studies
+from gateway.routes.stow import store_instances
 from gateway.settings import Settings
 from gateway.upstreams import Upstreams
 
@@ -30,14 +31,17 @@ logger = logging.getLogger("gateway")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
-# (path below a service root, endpoint): the QIDO-RS resources of PS3.18 Table 10.6.1-1.
-_SERVICE_ROUTES: tuple[tuple[str, Endpoint], ...] = (
-    ("/studies", search_for_studies),
-    ("/series", search_for_series),
-    ("/instances", search_for_instances),
-    ("/studies/{study}/series", search_for_series),
-    ("/studies/{study}/instances", search_for_instances),
-    ("/studies/{study}/series/{series}/instances", search_for_instances),
+# (method, path below a service root, endpoint): the QIDO-RS resources of PS3.18 Table 10.6.1-1
+# and the STOW-RS resources of Table 10.3-2.
+_SERVICE_ROUTES: tuple[tuple[str, str, Endpoint], ...] = (
+    ("GET", "/studies", search_for_studies),
+    ("GET", "/series", search_for_series),
+    ("GET", "/instances", search_for_instances),
+    ("GET", "/studies/{study}/series", search_for_series),
+    ("GET", "/studies/{study}/instances", search_for_instances),
+    ("GET", "/studies/{study}/series/{series}/instances", search_for_instances),
+    ("POST", "/studies", store_instances),
+    ("POST", "/studies/{study}", store_instances),
 )
 
 
@@ -81,17 +85,18 @@ def _service_routes(settings: Settings, upstreams: Upstreams) -> list[BaseRoute]
     roots = [ServiceRoot(settings.base_path, upstreams.default)]
     roots += [ServiceRoot(f"{settings.base_path}/upstreams/{u.name}", u) for u in upstreams]
     return [
-        Route(root.path + path, _bind(endpoint, root), methods=["GET"])
+        Route(root.path + path, _bind(endpoint, root), methods=[method])
         for root in roots
-        for path, endpoint in _SERVICE_ROUTES
+        for method, path, endpoint in _SERVICE_ROUTES
     ]
 
 
 async def health(request: Request) -> Response:
-    """Liveness and pool statistics; does not touch the PACS."""
+    """Liveness and pool statistics (query and storage associations); does not touch the PACS."""
     upstreams: Upstreams = request.app.state.upstreams
     pools = [asdict(u.client.pool.stats()) for u in upstreams]
-    return _json(200, {"status": "ok", "version": __version__, "pools": pools})
+    store_pools = [asdict(u.store.pool.stats()) for u in upstreams]
+    return _json(200, {"status": "ok", "version": __version__, "pools": pools, "store_pools": store_pools})
 
 
 async def ready(request: Request) -> Response:

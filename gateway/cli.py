@@ -49,6 +49,9 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ae-title", dest="ae_title", help="the gateway's own AE title (default GATEWAY)")
     parser.add_argument("--store-port", dest="store_port", type=int, help="port of the storage SCP for C-MOVE")
     parser.add_argument("--retrieve", choices=("get", "move"), help="how the default upstream is retrieved from")
+    parser.add_argument(
+        "--max-upload-bytes", dest="max_upload_bytes", type=int, help="largest STOW-RS body accepted (default 4 GiB)"
+    )
     parser.add_argument("--log-level", dest="log_level", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -61,6 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         ae_title=args.ae_title,
         store_port=args.store_port,
+        max_upload_bytes=args.max_upload_bytes,
         log_level=args.log_level,
     )
     _configure_logging(settings.log_level)

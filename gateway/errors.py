@@ -5,6 +5,8 @@ The tree::
     GatewayError                       500
     ├── BadRequest                     400  malformed query, UID, date, number ...
     ├── NotFound                       404
+    ├── PayloadTooLarge                413  a request body above max_upload_bytes
+    ├── UnsupportedMediaType           415  a request body of a type the resource does not take
     └── UpstreamError                  502  the PACS misbehaved
         ├── UpstreamUnavailable        502  connection refused or association rejected
         ├── UpstreamFailureStatus      502  a DIMSE failure status (carries it)
@@ -20,10 +22,12 @@ __all__ = [
     "BadRequest",
     "GatewayError",
     "NotFound",
+    "PayloadTooLarge",
     "PoolExhausted",
     "UpstreamError",
     "UpstreamFailureStatus",
     "UpstreamTimeout",
+    "UnsupportedMediaType",
     "UpstreamUnavailable",
 ]
 
@@ -56,6 +60,20 @@ class NotFound(GatewayError):
 
     status_code = 404
     title = "Not found"
+
+
+class PayloadTooLarge(GatewayError):
+    """The request body is larger than the gateway accepts (``max_upload_bytes``)."""
+
+    status_code = 413
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(GatewayError):
+    """The request body's Content-Type is not one the resource takes."""
+
+    status_code = 415
+    title = "Unsupported media type"
 
 
 class UpstreamError(GatewayError):

@@ -1,4 +1,4 @@
-"""The running upstreams: one DIMSE client and one capability tracker per configured PACS."""
+"""The running upstreams: DIMSE clients (queries, stores) and a capability tracker per configured PACS."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from gateway.dimse.client import UpstreamClient
+from gateway.dimse.store import StoreClient
 from gateway.search.capabilities import CapabilityTracker
 from gateway.settings import Settings
 
@@ -19,11 +20,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Upstream:
-    """One configured PACS, ready to query."""
+    """One configured PACS, ready to query and to store into."""
 
     name: str
     client: UpstreamClient
     capabilities: CapabilityTracker
+    store: StoreClient
 
 
 class Upstreams:
@@ -37,6 +39,7 @@ class Upstreams:
                     u, settings.ae_title, fuzzy_matching=bool(u.configured_capabilities.fuzzy_matching)
                 ),
                 capabilities=CapabilityTracker(u),
+                store=StoreClient(u, settings.ae_title),
             )
             for u in settings.upstreams
         }
@@ -53,6 +56,7 @@ class Upstreams:
     async def __aenter__(self) -> Upstreams:
         for upstream in self._by_name.values():
             await self._stack.enter_async_context(upstream.client)
+            await self._stack.enter_async_context(upstream.store)
         return self
 
     async def __aexit__(
