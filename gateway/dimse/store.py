@@ -153,22 +153,30 @@ class StoreResult:
 
 
 class _KnownContexts:
-    """The (SOP class, transfer syntax) pairs new associations propose, bounded to 128."""
+    """The (SOP class, transfer syntax) pairs new associations propose, bounded to 128.
+
+    Learned on the event loop, read by worker threads opening associations: readers get an
+    immutable snapshot, swapped in whole.
+    """
 
     def __init__(self) -> None:
         self._pairs: OrderedDict[tuple[UID, UID], None] = OrderedDict(
             ((UID(sop), ts), None) for sop in _DEFAULT_SOP_CLASSES for ts in _UNCOMPRESSED
         )
+        self._snapshot = tuple(self._pairs)
 
     def learn(self, sop_class: UID, syntaxes: tuple[UID, ...]) -> None:
+        if all((sop_class, syntax) in self._pairs for syntax in syntaxes):
+            return
         for syntax in syntaxes:
             self._pairs[(sop_class, syntax)] = None
             self._pairs.move_to_end((sop_class, syntax))
         while len(self._pairs) > MAX_CONTEXTS:
             self._pairs.popitem(last=False)
+        self._snapshot = tuple(self._pairs)
 
     def contexts(self) -> list[PresentationContext]:
-        return [build_context(sop_class, [syntax]) for sop_class, syntax in self._pairs]
+        return [build_context(sop_class, [syntax]) for sop_class, syntax in self._snapshot]
 
 
 def _proposed(assoc: Association, sop_class: UID, syntax: UID) -> bool:
@@ -274,10 +282,12 @@ class StoreClient:
                 self.pool.release(conn)
                 return outcome
             self.pool.destroy(conn)
-            if outcome == "stale" and stale < MAX_CONTEXTS:
+            if outcome == "stale":
                 # Opened before this instance's contexts were known: open one that proposes them.
                 stale += 1
-                continue
+                if stale <= self.settings.max_store_associations:
+                    continue
+                return StoreResult(PROCESSING_FAILURE, "no association proposing its contexts", answered=False)
             if outcome == "aborted" and aborts == 0:
                 aborts += 1
                 logger.info("upstream %s: association lost during a C-STORE; sending the instance again", self.name)

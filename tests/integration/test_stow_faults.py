@@ -274,3 +274,15 @@ def test_single_instance_as_application_dicom() -> None:
             f"{root}/studies", content=part10(good), headers={"Content-Type": "application/dicom"}, timeout=30
         )
     assert response.status_code == 200 and list(pacs.stored) == [good.SOPInstanceUID]
+
+
+def test_a_new_kind_of_instance_gets_an_association_that_proposes_it_once() -> None:
+    nm = "1.2.840.10008.5.1.4.1.1.20"  # NM Image Storage: not among the default contexts
+    with FakeStoragePacs(sop_classes=(CT_IMAGE_STORAGE, nm)) as pacs, gateway(pacs.upstream) as root:
+        assert store(root, [ct(1)]).status_code == 200
+        first = pacs.associations
+        assert store(root, [ct(2, sop_class=nm), ct(3)]).status_code == 200
+        assert pacs.associations == first + 1  # the CT association could not carry NM
+        assert store(root, [ct(4, sop_class=nm), ct(5)]).status_code == 200
+        assert pacs.associations == first + 1  # and the new one carries both from now on
+    assert len(pacs.stored) == 5
