@@ -24,6 +24,7 @@ from gateway.routes.frames import retrieve_frames
 from gateway.routes.metadata import retrieve_bulkdata, retrieve_metadata
 from gateway.routes.qido import search_for_instances, search_for_series, search_for_studies
 from gateway.routes.rendered import retrieve_rendered, retrieve_thumbnail
+from gateway.routes.stow import store_instances
 from gateway.routes.wado import retrieve_instances
 from gateway.settings import Settings
 from gateway.upstreams import Upstreams
@@ -34,31 +35,33 @@ logger = logging.getLogger("gateway")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
-# (path below a service root, endpoint): the QIDO-RS resources of PS3.18 Table 10.6.1-1.
-_SERVICE_ROUTES: tuple[tuple[str, Endpoint], ...] = (
-    ("/studies", search_for_studies),
-    ("/series", search_for_series),
-    ("/instances", search_for_instances),
-    ("/studies/{study}/series", search_for_series),
-    ("/studies/{study}/instances", search_for_instances),
-    ("/studies/{study}/series/{series}/instances", search_for_instances),
-    # WADO-RS resources of PS3.18 Table 10.4.1-1.
-    ("/studies/{study}", retrieve_instances),
-    ("/studies/{study}/series/{series}", retrieve_instances),
-    ("/studies/{study}/series/{series}/instances/{instance}", retrieve_instances),
-    ("/studies/{study}/metadata", retrieve_metadata),
-    ("/studies/{study}/series/{series}/metadata", retrieve_metadata),
-    ("/studies/{study}/series/{series}/instances/{instance}/metadata", retrieve_metadata),
-    ("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}", retrieve_bulkdata),
-    ("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", retrieve_frames),
-    ("/studies/{study}/rendered", retrieve_rendered),
-    ("/studies/{study}/series/{series}/rendered", retrieve_rendered),
-    ("/studies/{study}/series/{series}/instances/{instance}/rendered", retrieve_rendered),
-    ("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered", retrieve_rendered),
-    ("/studies/{study}/thumbnail", retrieve_thumbnail),
-    ("/studies/{study}/series/{series}/thumbnail", retrieve_thumbnail),
-    ("/studies/{study}/series/{series}/instances/{instance}/thumbnail", retrieve_thumbnail),
-    ("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail", retrieve_thumbnail),
+# (method, path below a service root, endpoint): the QIDO-RS resources of PS3.18 Table 10.6.1-1
+# and the STOW-RS resources of Table 10.3-2.
+_SERVICE_ROUTES: tuple[tuple[str, str, Endpoint], ...] = (
+    ("GET", "/studies", search_for_studies),
+    ("GET", "/series", search_for_series),
+    ("GET", "/instances", search_for_instances),
+    ("GET", "/studies/{study}/series", search_for_series),
+    ("GET", "/studies/{study}/instances", search_for_instances),
+    ("GET", "/studies/{study}/series/{series}/instances", search_for_instances),
+    ("POST", "/studies", store_instances),
+    ("POST", "/studies/{study}", store_instances),
+    ("GET", "/studies/{study}", retrieve_instances),
+    ("GET", "/studies/{study}/series/{series}", retrieve_instances),
+    ("GET", "/studies/{study}/series/{series}/instances/{instance}", retrieve_instances),
+    ("GET", "/studies/{study}/metadata", retrieve_metadata),
+    ("GET", "/studies/{study}/series/{series}/metadata", retrieve_metadata),
+    ("GET", "/studies/{study}/series/{series}/instances/{instance}/metadata", retrieve_metadata),
+    ("GET", "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}", retrieve_bulkdata),
+    ("GET", "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", retrieve_frames),
+    ("GET", "/studies/{study}/rendered", retrieve_rendered),
+    ("GET", "/studies/{study}/series/{series}/rendered", retrieve_rendered),
+    ("GET", "/studies/{study}/series/{series}/instances/{instance}/rendered", retrieve_rendered),
+    ("GET", "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered", retrieve_rendered),
+    ("GET", "/studies/{study}/thumbnail", retrieve_thumbnail),
+    ("GET", "/studies/{study}/series/{series}/thumbnail", retrieve_thumbnail),
+    ("GET", "/studies/{study}/series/{series}/instances/{instance}/thumbnail", retrieve_thumbnail),
+    ("GET", "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail", retrieve_thumbnail),
 )
 
 
@@ -103,17 +106,18 @@ def _service_routes(settings: Settings, upstreams: Upstreams) -> list[BaseRoute]
     roots = [ServiceRoot(settings.base_path, upstreams.default, public)]
     roots += [ServiceRoot(f"{settings.base_path}/upstreams/{u.name}", u, public) for u in upstreams]
     return [
-        Route(root.path + path, _bind(endpoint, root), methods=["GET"])
+        Route(root.path + path, _bind(endpoint, root), methods=[method])
         for root in roots
-        for path, endpoint in _SERVICE_ROUTES
+        for method, path, endpoint in _SERVICE_ROUTES
     ]
 
 
 async def health(request: Request) -> Response:
-    """Liveness and pool statistics; does not touch the PACS."""
+    """Liveness and pool statistics (query and storage associations); does not touch the PACS."""
     upstreams: Upstreams = request.app.state.upstreams
     pools = [asdict(u.client.pool.stats()) | {"kind": "query"} for u in upstreams]
     pools += [asdict(u.retrieval.retriever.pool.stats()) | {"kind": "retrieve"} for u in upstreams]
+    pools += [asdict(u.store.pool.stats()) | {"kind": "store"} for u in upstreams]
     caches = {u.name: u.retrieval.cache.stats() for u in upstreams}
     return _json(200, {"status": "ok", "version": __version__, "pools": pools, "caches": caches})
 

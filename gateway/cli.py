@@ -53,6 +53,9 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         "--cache-dir", dest="cache_dir", help="where retrieved instances are cached (default: temporary)"
     )
     parser.add_argument("--public-url", dest="public_url", help="scheme://host[:port] clients reach the gateway at")
+    parser.add_argument(
+        "--max-upload-bytes", dest="max_upload_bytes", type=int, help="largest STOW-RS body accepted (default 4 GiB)"
+    )
     parser.add_argument("--log-level", dest="log_level", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -67,6 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         store_port=args.store_port,
         cache_dir=args.cache_dir,
         public_url=args.public_url,
+        max_upload_bytes=args.max_upload_bytes,
         log_level=args.log_level,
     )
     _configure_logging(settings.log_level)

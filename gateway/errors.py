@@ -6,6 +6,8 @@ The tree::
     ├── BadRequest                     400  malformed query, UID, date, number ...
     ├── NotFound                       404
     ├── NotAcceptable                  406  no media type the client accepts
+    ├── PayloadTooLarge                413  a request body above max_upload_bytes
+    ├── UnsupportedMediaType           415  a request body of a type the resource does not take
     └── UpstreamError                  502  the PACS misbehaved
         ├── UpstreamUnavailable        502  connection refused or association rejected
         ├── UpstreamFailureStatus      502  a DIMSE failure status (carries it)
@@ -22,10 +24,12 @@ __all__ = [
     "GatewayError",
     "NotAcceptable",
     "NotFound",
+    "PayloadTooLarge",
     "PoolExhausted",
     "UpstreamError",
     "UpstreamFailureStatus",
     "UpstreamTimeout",
+    "UnsupportedMediaType",
     "UpstreamUnavailable",
 ]
 
@@ -65,6 +69,20 @@ class NotAcceptable(GatewayError):
 
     status_code = 406
     title = "Not acceptable"
+
+
+class PayloadTooLarge(GatewayError):
+    """The request body is larger than the gateway accepts (``max_upload_bytes``)."""
+
+    status_code = 413
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(GatewayError):
+    """The request body's Content-Type is not one the resource takes."""
+
+    status_code = 415
+    title = "Unsupported media type"
 
 
 class UpstreamError(GatewayError):

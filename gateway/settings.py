@@ -17,6 +17,7 @@ A configuration file looks like::
     port = 104
     profile = "auto"            # auto | orthanc | dcmqrscp | qrscp | legacy
     max_associations = 4
+    store_concurrency = 1       # C-STOREs one STOW-RS request runs at once
 
     [upstreams.main.capabilities]
     relational = false          # overrides what the profile or probing says
@@ -122,6 +123,13 @@ class UpstreamSettings:
     storage_sop_classes: tuple[str, ...] = ()
     """Storage SOP classes (UIDs or keywords) offered in the SCP role for C-GET; empty: a default set
     of 120 (at most 127 fit beside the C-GET context in one association, PS3.8 §9.3.2.2)."""
+    max_store_associations: int = 4
+    """Storage associations (C-STORE, STOW-RS) kept to this PACS, a pool apart from the query pool."""
+    store_concurrency: int = 1
+    """C-STOREs one STOW-RS request runs at once, each on its own association.
+
+    Raise it only for a PACS that takes parallel stores correctly (Orthanc does; dcmqrscp, whose
+    forked processes share one index file, was measured losing index entries at 2)."""
 
     def __post_init__(self) -> None:
         prefix = f"upstreams.{self.name}"
@@ -139,6 +147,8 @@ class UpstreamSettings:
             raise ConfigError(f"{prefix}.retrieve: {self.retrieve!r} is not 'get' or 'move'")
         if not 1 <= self.max_associations <= 64:
             raise ConfigError(f"{prefix}.max_associations: {self.max_associations} is not between 1 and 64")
+        if not 1 <= self.max_store_associations <= 64 or not 1 <= self.store_concurrency <= 16:
+            raise ConfigError(f"{prefix}: 1 <= max_store_associations <= 64 and 1 <= store_concurrency <= 16")
         for name in ("connect_timeout", "acse_timeout", "dimse_timeout", "network_timeout", "acquire_timeout"):
             if not 0 < getattr(self, name) <= 3600:
                 raise ConfigError(f"{prefix}.{name}: {getattr(self, name)} is not between 0 and 3600 seconds")
@@ -180,6 +190,8 @@ class Settings:
     """Results gathered before the HTTP status is committed, so early upstream failures are a 502."""
     fanout_concurrency: int = 4
     """C-FINDs one request runs at once when it emulates relational queries or computed attributes."""
+    max_upload_bytes: int = 4 * 1024**3
+    """Largest STOW-RS request body accepted (413 above it); uploads are spilled to temporary files."""
     log_level: str = "info"
     cache_dir: str = ""
     """Where retrieved instances are cached; empty: a temporary directory removed at shutdown."""
@@ -206,6 +218,8 @@ class Settings:
             raise ConfigError("gateway.max_results >= 0, prefetch_results >= 1, 1 <= fanout_concurrency <= 64")
         if self.cache_max_bytes < 0 or not 0 <= self.cache_ttl <= 86400:
             raise ConfigError("gateway.cache_max_bytes >= 0 and 0 <= gateway.cache_ttl <= 86400 seconds")
+        if self.max_upload_bytes < 1:
+            raise ConfigError(f"gateway.max_upload_bytes: {self.max_upload_bytes} must be positive")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise ConfigError(f"gateway.log_level: {self.log_level!r} is not a log level")
 

@@ -1,4 +1,4 @@
-"""The running upstreams: per configured PACS, its DIMSE clients, capabilities and cache."""
+"""The running upstreams: per configured PACS, its DIMSE clients (query, retrieve, store), capabilities and cache."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from types import TracebackType
 
 from gateway.dimse.client import UpstreamClient
 from gateway.dimse.retrieve import RetrieveClient
+from gateway.dimse.store import StoreClient
 from gateway.dimse.storescp import MoveRouter, StorageServer
 from gateway.retrieve.cache import InstanceCache
 from gateway.retrieve.service import RetrieveService
@@ -26,12 +27,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Upstream:
-    """One configured PACS, ready to query and retrieve from."""
+    """One configured PACS, ready to query, retrieve from and store into."""
 
     name: str
     client: UpstreamClient
     capabilities: CapabilityTracker
     retrieval: RetrieveService
+    store: StoreClient
 
 
 class Upstreams:
@@ -57,6 +59,7 @@ class Upstreams:
                 client=client,
                 capabilities=CapabilityTracker(u),
                 retrieval=RetrieveService(retriever, client, cache),
+                store=StoreClient(u, settings.ae_title),
             )
         self.default = self._by_name[settings.default_upstream.name]
         self._stack = AsyncExitStack()
@@ -77,6 +80,7 @@ class Upstreams:
         for upstream in self._by_name.values():
             await self._stack.enter_async_context(upstream.client)
             await self._stack.enter_async_context(upstream.retrieval.retriever)
+            await self._stack.enter_async_context(upstream.store)
         return self
 
     async def __aexit__(

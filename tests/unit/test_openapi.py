@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 import gateway
 from gateway.app import create_app
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
 from gateway.routes.common import NotAcceptable
 from gateway.settings import Settings, load_settings
 
@@ -96,13 +96,15 @@ def _deref(spec: dict[str, Any], node: Any) -> Any:
     return node
 
 
-def _error_statuses() -> set[int]:
-    """The HTTP status of every GatewayError the app can answer with."""
+def _error_statuses(*, with_body: bool = True) -> set[int]:
+    """The HTTP status of every GatewayError the app can answer with (`with_body`: to requests with a body)."""
+    about_bodies = {PayloadTooLarge, UnsupportedMediaType}
     found: set[int] = set()
     pending: list[type[GatewayError]] = [GatewayError]
     while pending:
         cls = pending.pop()
-        found.add(cls.status_code)
+        if with_body or cls not in about_bodies:
+            found.add(cls.status_code)
         pending += cls.__subclasses__()
     assert NotAcceptable.status_code in found
     return found
@@ -158,7 +160,7 @@ def test_path_parameters_match_the_templates(spec: dict[str, Any]) -> None:
 
 
 def test_qido_operations_document_their_answers(spec: dict[str, Any]) -> None:
-    expected = {"200", "204"} | {str(status) for status in _error_statuses()}
+    expected = {"200", "204"} | {str(status) for status in _error_statuses(with_body=False)}
     qido = [(path, item["get"]) for path, item in spec["paths"].items() if path.endswith(QIDO_SUFFIXES)]
     assert len(qido) == 12
     for path, operation in qido:
@@ -171,12 +173,39 @@ def test_qido_operations_document_their_answers(spec: dict[str, Any]) -> None:
         assert "Retry-After" in _deref(spec, operation["responses"]["503"])["headers"], path
 
 
+def test_stow_operations_document_their_answers(spec: dict[str, Any]) -> None:
+    expected = {"200", "202", "409"} | {str(status) for status in _error_statuses()}
+    stow = [(path, item["post"]) for path, item in spec["paths"].items() if "post" in item]
+    assert sorted(path.removeprefix("/dicom-web") for path, _ in stow) == [
+        "/studies",
+        "/studies/{study}",
+        "/upstreams/{upstream}/studies",
+        "/upstreams/{upstream}/studies/{study}",
+    ]
+    for path, operation in stow:
+        assert expected <= set(operation["responses"]), path
+        for status in ("200", "202", "409"):
+            assert set(_deref(spec, operation["responses"][status])["content"]) == {"application/dicom+json"}, path
+        assert set(_deref(spec, operation["requestBody"])["content"]) == {
+            'multipart/related; type="application/dicom"',
+            "application/dicom",
+        }
+
+
 def _get(app: Starlette, url: str, **headers: str) -> httpx.Response:
     async def get() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
             return await client.get(url, headers=headers)
 
     return asyncio.run(get())
+
+
+def _post(app: Starlette, url: str, **headers: str) -> httpx.Response:
+    async def post() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+            return await client.post(url, headers=headers, content=b"not dicom")
+
+    return asyncio.run(post())
 
 
 def test_answers_that_need_no_pacs_match_the_schemas(spec: dict[str, Any], app: Starlette) -> None:
@@ -192,6 +221,17 @@ def test_answers_that_need_no_pacs_match_the_schemas(spec: dict[str, Any], app: 
         ("/dicom-web/series", {"Accept": 'multipart/related; type="application/dicom+xml"'}, 406),
     ):
         response = _get(app, url, **headers)
+        assert response.status_code == status, url
+        assert response.headers["content-type"] == "application/json"
+        error.validate(response.json())
+    for url, headers, status in (
+        ("/dicom-web/studies", {"Content-Type": "application/json"}, 415),
+        ("/dicom-web/studies", {"Content-Type": 'multipart/related; type="application/dicom+json"; boundary=b'}, 415),
+        ("/dicom-web/studies", {"Content-Type": 'multipart/related; type="application/dicom"'}, 400),
+        ("/dicom-web/studies/1.02", {"Content-Type": "application/dicom"}, 400),
+        ("/dicom-web/studies", {"Content-Type": "application/dicom", "Accept": "application/dicom+xml"}, 406),
+    ):
+        response = _post(app, url, **headers)
         assert response.status_code == status, url
         assert response.headers["content-type"] == "application/json"
         error.validate(response.json())

@@ -1,0 +1,227 @@
+"""STOW-RS (PS3.18 §10.5): stream the body to temporary files -> C-STORE each instance -> store response.
+
+The body is parsed as it arrives; each complete part is handed to one of ``store_concurrency``
+workers, which reads its header, checks it against the target study and C-STOREs it. The hand-off
+has no buffer, so the body is read no faster than the PACS takes instances: at most one spilled
+part per worker plus the one being received exist on disk at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.dimse.store import PROCESSING_FAILURE
+from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, PoolExhausted, UnsupportedMediaType, UpstreamError
+from gateway.query.dicomjson import encode_json
+from gateway.query.params import parse_uid
+from gateway.routes.common import DICOM_JSON, ServiceRoot, require_json_accept
+from gateway.settings import Settings
+from gateway.stow.instances import NotDicom, read_instance_header
+from gateway.stow.multipart import MultipartError, Part, parse_media_type, read_parts, spill_body
+from gateway.stow.response import (
+    CANNOT_UNDERSTAND,
+    STUDY_INSTANCE_UID_MISMATCH,
+    Failed,
+    OtherFailure,
+    Stored,
+    store_response,
+    store_status,
+)
+from gateway.upstreams import Upstream
+
+__all__ = ["store_instances"]
+
+logger = logging.getLogger(__name__)
+
+_DICOM = "application/dicom"
+_OUT_OF_RESOURCES = 0xA700
+
+
+@dataclass
+class _Report:
+    """What happened to each part, by its position in the body."""
+
+    outcomes: dict[int, Stored | Failed | OtherFailure] = field(default_factory=dict)
+    upstream_errors: list[UpstreamError] = field(default_factory=list)
+    """Failures to get an association at all: when nothing else happened, the request's error."""
+
+
+def _body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
+    async def counted() -> AsyncIterator[bytes]:
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise PayloadTooLarge(f"the body exceeds max_upload_bytes ({limit} bytes)")
+            yield chunk
+
+    return counted()
+
+
+def _parts(request: Request, directory: Path, limit: int) -> AsyncIterator[Part]:
+    """The body's parts, after checking its media type and declared length."""
+    try:
+        media = parse_media_type(request.headers.get("content-type", ""))
+    except MultipartError as exc:
+        raise BadRequest(f"Content-Type: {exc}") from exc
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Content-Length {declared} exceeds max_upload_bytes ({limit} bytes)")
+    if media.type == _DICOM:
+        return spill_body(_body_chunks(request, limit), _DICOM, directory)
+    part_type = media.parameters.get("type", _DICOM).lower()
+    if media.type != "multipart/related" or part_type != _DICOM:
+        shown = media.type + (f'; type="{part_type}"' if media.type == "multipart/related" else "")
+        raise UnsupportedMediaType(
+            f"cannot store {shown or 'a body without Content-Type'}; send "
+            f'multipart/related; type="{_DICOM}" or {_DICOM} (Part 10 instances)'
+        )
+    boundary = media.parameters.get("boundary")
+    if not boundary:
+        raise BadRequest("Content-Type: multipart/related without a boundary parameter")
+    return read_parts(_body_chunks(request, limit), boundary, directory)
+
+
+async def _store_part(part: Part, upstream: Upstream, study: str | None, root: str, report: _Report) -> None:
+    where = f"STOW-RS part {part.index + 1}"
+    if part.headers.get("content-type") and part.content_type.type != _DICOM:
+        logger.warning("%s is %s, not %s: not stored", where, part.content_type.type, _DICOM)
+        report.outcomes[part.index] = OtherFailure(CANNOT_UNDERSTAND)
+        return
+    try:
+        header = await anyio.to_thread.run_sync(read_instance_header, part.path)
+    except NotDicom as exc:
+        logger.warning("%s (%d bytes) is not stored: %s", where, part.size, exc)
+        report.outcomes[part.index] = OtherFailure(CANNOT_UNDERSTAND)
+        return
+    sop_class, sop_instance = str(header.sop_class_uid), str(header.sop_instance_uid)
+    if study is not None and header.study_instance_uid != study:
+        logger.warning(
+            "%s: instance %s belongs to study %s, not the target study %s: not stored",
+            where,
+            sop_instance,
+            header.study_instance_uid,
+            study,
+        )
+        report.outcomes[part.index] = Failed(sop_class, sop_instance, STUDY_INSTANCE_UID_MISMATCH)
+        return
+    try:
+        result = await upstream.store.store(part.path, header.sop_class_uid, header.transfer_syntax)
+    except UpstreamError as exc:
+        logger.error("%s: instance %s not stored: %s", where, sop_instance, exc.detail)
+        report.upstream_errors.append(exc)
+        reason = _OUT_OF_RESOURCES if isinstance(exc, PoolExhausted) else PROCESSING_FAILURE
+        report.outcomes[part.index] = Failed(sop_class, sop_instance, reason)
+        return
+    if not result.stored:
+        logger.error(
+            "%s: upstream %s did not store instance %s: 0x%04X %s",
+            where,
+            upstream.name,
+            sop_instance,
+            result.status,
+            result.detail,
+        )
+        report.outcomes[part.index] = Failed(sop_class, sop_instance, result.status)
+        return
+    if result.warning:
+        logger.warning(
+            "%s: upstream %s stored instance %s with warning 0x%04X (%s)",
+            where,
+            upstream.name,
+            sop_instance,
+            result.status,
+            result.detail,
+        )
+    # What the WADO-RS cache holds of this instance and its series is stale from now on.
+    upstream.retrieval.cache.forget(header.study_instance_uid, header.series_instance_uid, sop_instance)
+    url = f"{root}/studies/{header.study_instance_uid}/series/{header.series_instance_uid}/instances/{sop_instance}"
+    report.outcomes[part.index] = Stored(sop_class, sop_instance, url, result.status if result.warning else None)
+
+
+async def _store_worker(
+    parts: MemoryObjectReceiveStream[Part], upstream: Upstream, study: str | None, root: str, report: _Report
+) -> None:
+    async with parts:
+        async for part in parts:
+            try:
+                await _store_part(part, upstream, study, root, report)
+            finally:
+                part.path.unlink(missing_ok=True)
+
+
+async def _store_all(parts: AsyncIterator[Part], upstream: Upstream, study: str | None, root: str) -> _Report:
+    """Store every part; a body that turns out malformed is recorded in the report, not raised."""
+    report = _Report()
+    body_error: Exception | None = None
+    send, receive = anyio.create_memory_object_stream[Part](0)
+    async with anyio.create_task_group() as workers:
+        for _ in range(upstream.store.settings.store_concurrency):
+            workers.start_soon(_store_worker, receive.clone(), upstream, study, root, report)
+        receive.close()
+        async with send:
+            try:
+                async for part in parts:
+                    await send.send(part)
+            except Exception as exc:  # a malformed or oversized body, the client hanging up
+                body_error = exc
+    if isinstance(body_error, MultipartError) and report.outcomes:
+        stored = sum(isinstance(o, Stored) for o in report.outcomes.values())
+        logger.error("STOW-RS body malformed after %d parts (%d stored): %s", len(report.outcomes), stored, body_error)
+        report.outcomes[len(report.outcomes)] = OtherFailure(CANNOT_UNDERSTAND)
+    elif isinstance(body_error, MultipartError):
+        raise BadRequest(f"malformed multipart body: {body_error}")
+    elif body_error is not None:
+        stored = sum(isinstance(o, Stored) for o in report.outcomes.values())
+        if isinstance(body_error, GatewayError):
+            body_error.detail += f" ({stored} instances were stored before that)" if stored else ""
+        raise body_error
+    return report
+
+
+async def store_instances(request: Request) -> Response:
+    """``POST /studies`` and ``POST /studies/{study}``: STOW-RS of Part 10 instances."""
+    require_json_accept(request)
+    service: ServiceRoot = request.scope["gateway.service"]
+    settings: Settings = request.app.state.settings
+    study = request.path_params.get("study")
+    if study is not None:
+        study = parse_uid(study, "study")
+    root = service.root_url(request)
+    with tempfile.TemporaryDirectory(prefix="dicomweb-gateway-stow-") as workdir:
+        parts = _parts(request, Path(workdir), settings.max_upload_bytes)
+        report = await _store_all(parts, service.upstream, study, root)
+
+    outcomes = [report.outcomes[index] for index in sorted(report.outcomes)]
+    stored = [o for o in outcomes if isinstance(o, Stored)]
+    failed = [o for o in outcomes if isinstance(o, Failed)]
+    other = [o for o in outcomes if isinstance(o, OtherFailure)]
+    if not outcomes:
+        raise BadRequest("the body holds no instance")
+    if not stored and report.upstream_errors and len(report.upstream_errors) == len(outcomes):
+        raise report.upstream_errors[0]  # the PACS could not be reached at all: 502/503/504 as for any request
+    studies = {s.retrieve_url.split("/series/")[0] for s in stored}
+    if study is not None:
+        study_url: str | None = f"{root}/studies/{study}"
+    else:
+        study_url = studies.pop() if len(studies) == 1 else None
+    status = store_status(stored, failed, other)
+    logger.info(
+        "STOW-RS to %s: %d stored (%d with warnings), %d failed -> %d",
+        service.upstream.name,
+        len(stored),
+        sum(s.warning_reason is not None for s in stored),
+        len(failed) + len(other),
+        status,
+    )
+    return Response(encode_json(store_response(study_url, stored, failed, other)), status, media_type=DICOM_JSON)
