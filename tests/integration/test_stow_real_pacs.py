@@ -1,8 +1,9 @@
 """STOW-RS through the gateway into real PACS (Orthanc, dcmqrscp), driven by dicomweb-client.
 
-Each upload is checked three ways: the store response, a C-FIND straight to the PACS, and the
-instance retrieved straight from the PACS (Orthanc's REST API, a C-GET from dcmqrscp) compared
-with what was sent: every attribute and the pixel data, byte for byte.
+Each upload is checked four ways: the store response, a C-FIND straight to the PACS, the
+instance retrieved straight from the PACS (Orthanc's REST API, a C-GET from dcmqrscp), and the
+instance retrieved through the gateway's own WADO-RS, each compared with what was sent: every
+attribute and the pixel data, byte for byte.
 """
 
 from __future__ import annotations
@@ -132,9 +133,24 @@ def test_stored_instances_are_in_the_pacs_byte_identical(pacs: LocalPacs, client
     assert find_instances(pacs, study) == {ds.SOPInstanceUID for ds in volume}
     for ds in (volume[0], volume[-1]):
         assert_same(ds, retrieve(pacs, ds), pacs)
-    # and the gateway's own QIDO-RS finds them
+    # and the gateway's own QIDO-RS finds them, and its WADO-RS gives them back as they were sent
     found = {r["00080018"]["Value"][0] for r in client.search_for_instances(study)}
     assert found == {ds.SOPInstanceUID for ds in volume}
+    through_gateway = client.retrieve_study(study, media_types=(("application/dicom", "*"),))
+    assert {ds.SOPInstanceUID for ds in through_gateway} == found
+    for ds in through_gateway:
+        assert_same(next(sent for sent in volume if sent.SOPInstanceUID == ds.SOPInstanceUID), ds, pacs)
+
+
+def test_storing_into_a_cached_series_refreshes_its_metadata(client: DICOMwebClient) -> None:
+    first, second = iter_ct_volume(2, rows=16, columns=16, seed=8)
+    client.store_instances([first])
+    study, series = first.StudyInstanceUID, first.SeriesInstanceUID
+    (cached,) = client.retrieve_series_metadata(study, series)  # the series is now in the gateway's cache
+    assert cached["00080018"]["Value"] == [first.SOPInstanceUID]
+    client.store_instances([second], study_instance_uid=study)
+    refreshed = client.retrieve_series_metadata(study, series)
+    assert {m["00080018"]["Value"][0] for m in refreshed} == {first.SOPInstanceUID, second.SOPInstanceUID}
 
 
 def test_mixed_sop_classes_in_one_request(pacs: LocalPacs, client: DICOMwebClient) -> None:
