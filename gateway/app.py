@@ -17,10 +17,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import __version__
-from gateway.dimse import sockets
+from gateway.dimse import sockets, storage
 from gateway.errors import GatewayError, UpstreamError
 from gateway.routes.common import ServiceRoot
 from gateway.routes.qido import search_for_instances, search_for_series, search_for_studies
+from gateway.routes.wado import retrieve_instances
 from gateway.settings import Settings
 from gateway.upstreams import Upstreams
 
@@ -38,6 +39,10 @@ _SERVICE_ROUTES: tuple[tuple[str, Endpoint], ...] = (
     ("/studies/{study}/series", search_for_series),
     ("/studies/{study}/instances", search_for_instances),
     ("/studies/{study}/series/{series}/instances", search_for_instances),
+    # WADO-RS resources of PS3.18 Table 10.4.1-1.
+    ("/studies/{study}", retrieve_instances),
+    ("/studies/{study}/series/{series}", retrieve_instances),
+    ("/studies/{study}/series/{series}/instances/{instance}", retrieve_instances),
 )
 
 
@@ -90,8 +95,10 @@ def _service_routes(settings: Settings, upstreams: Upstreams) -> list[BaseRoute]
 async def health(request: Request) -> Response:
     """Liveness and pool statistics; does not touch the PACS."""
     upstreams: Upstreams = request.app.state.upstreams
-    pools = [asdict(u.client.pool.stats()) for u in upstreams]
-    return _json(200, {"status": "ok", "version": __version__, "pools": pools})
+    pools = [asdict(u.client.pool.stats()) | {"kind": "query"} for u in upstreams]
+    pools += [asdict(u.retrieval.retriever.pool.stats()) | {"kind": "retrieve"} for u in upstreams]
+    caches = {u.name: u.retrieval.cache.stats() for u in upstreams}
+    return _json(200, {"status": "ok", "version": __version__, "pools": pools, "caches": caches})
 
 
 async def ready(request: Request) -> Response:
@@ -115,6 +122,7 @@ def create_app(settings: Settings) -> Starlette:
     association, when it ends.
     """
     sockets.install()
+    storage.receive_into_files()
     upstreams = Upstreams(settings)
 
     @asynccontextmanager

@@ -44,6 +44,7 @@ __all__ = [
 RetrieveMethod = Literal["get", "move"]
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE: no backslash, no control chars
+_SOP_CLASS = re.compile(r"^(?:[0-9.]{1,64}|[A-Za-z0-9]{1,80})$")
 _UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _UPSTREAM_ADDRESS = re.compile(r"^(?:(?P<name>[A-Za-z0-9_-]+)=)?(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
@@ -118,6 +119,9 @@ class UpstreamSettings:
     idle_timeout: float = 50.0
     """Seconds an idle pooled association is kept; many PACS drop idle associations after 60 s."""
     max_pdu: int = 65536
+    storage_sop_classes: tuple[str, ...] = ()
+    """Storage SOP classes (UIDs or keywords) offered in the SCP role for C-GET; empty: a default set
+    of 120 (at most 127 fit beside the C-GET context in one association, PS3.8 §9.3.2.2)."""
 
     def __post_init__(self) -> None:
         prefix = f"upstreams.{self.name}"
@@ -140,6 +144,11 @@ class UpstreamSettings:
                 raise ConfigError(f"{prefix}.{name}: {getattr(self, name)} is not between 0 and 3600 seconds")
         if not 4096 <= self.max_pdu <= 4_194_304:
             raise ConfigError(f"{prefix}.max_pdu: {self.max_pdu} is not between 4096 and 4194304")
+        if len(self.storage_sop_classes) > 127:
+            raise ConfigError(f"{prefix}.storage_sop_classes: {len(self.storage_sop_classes)} is more than 127")
+        for sop_class in self.storage_sop_classes:
+            if not _SOP_CLASS.match(sop_class):
+                raise ConfigError(f"{prefix}.storage_sop_classes: {sop_class!r} is not a UID or a SOP class keyword")
 
     @property
     def configured_capabilities(self) -> Capabilities:
@@ -170,6 +179,12 @@ class Settings:
     fanout_concurrency: int = 4
     """C-FINDs one request runs at once when it emulates relational queries or computed attributes."""
     log_level: str = "info"
+    cache_dir: str = ""
+    """Where retrieved instances are cached; empty: a temporary directory removed at shutdown."""
+    cache_max_bytes: int = 2 * 1024**3
+    """Size the instance cache is kept under (instances being streamed are never evicted)."""
+    cache_ttl: float = 300.0
+    """Seconds a cached series is served without asking the PACS again (metadata, frames, rendered)."""
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -185,6 +200,8 @@ class Settings:
             raise ConfigError(f"gateway.base_path: {self.base_path!r} must start with '/' and not end with one")
         if self.max_results < 0 or self.prefetch_results < 1 or not 1 <= self.fanout_concurrency <= 64:
             raise ConfigError("gateway.max_results >= 0, prefetch_results >= 1, 1 <= fanout_concurrency <= 64")
+        if self.cache_max_bytes < 0 or not 0 <= self.cache_ttl <= 86400:
+            raise ConfigError("gateway.cache_max_bytes >= 0 and 0 <= gateway.cache_ttl <= 86400 seconds")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise ConfigError(f"gateway.log_level: {self.log_level!r} is not a log level")
 
@@ -220,12 +237,11 @@ def _upstream_from_table(name: str, table: Mapping[str, Any]) -> UpstreamSetting
         raise ConfigError(f"upstreams.{name}.capabilities: unknown keys {sorted(unknown_capabilities)}")
     if any(not isinstance(v, bool) for v in capability_table.values()):
         raise ConfigError(f"upstreams.{name}.capabilities: values must be true or false")
+    values = {key: value for key, value in table.items() if key in known}
+    if "storage_sop_classes" in values:
+        values["storage_sop_classes"] = tuple(values["storage_sop_classes"])
     try:
-        return UpstreamSettings(
-            name=name,
-            capabilities=Capabilities(**capability_table),
-            **{key: value for key, value in table.items() if key in known},
-        )
+        return UpstreamSettings(name=name, capabilities=Capabilities(**capability_table), **values)
     except TypeError as exc:
         raise ConfigError(f"upstreams.{name}: {exc}") from exc
 

@@ -1,14 +1,21 @@
-"""The running upstreams: one DIMSE client and one capability tracker per configured PACS."""
+"""The running upstreams: per configured PACS, its DIMSE clients, capabilities and cache."""
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 from gateway.dimse.client import UpstreamClient
+from gateway.dimse.retrieve import RetrieveClient
+from gateway.dimse.storescp import MoveRouter, StorageServer
+from gateway.retrieve.cache import InstanceCache
+from gateway.retrieve.service import RetrieveService
 from gateway.search.capabilities import CapabilityTracker
 from gateway.settings import Settings
 
@@ -19,27 +26,38 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Upstream:
-    """One configured PACS, ready to query."""
+    """One configured PACS, ready to query and retrieve from."""
 
     name: str
     client: UpstreamClient
     capabilities: CapabilityTracker
+    retrieval: RetrieveService
 
 
 class Upstreams:
-    """All upstreams of a gateway; opens their pools on enter and closes them on exit."""
+    """All upstreams of a gateway; opens their pools (and the storage SCP) on enter, closes them on exit."""
 
     def __init__(self, settings: Settings) -> None:
-        self._by_name = {
-            u.name: Upstream(
+        self._settings = settings
+        self._temporary_cache = not settings.cache_dir
+        self.cache_dir = Path(settings.cache_dir or tempfile.mkdtemp(prefix="dicomweb-gateway-cache-"))
+        moving = [u for u in settings.upstreams if u.retrieve == "move"]
+        self.router = MoveRouter(settings.ae_title) if moving else None
+        self.storage_server = (
+            StorageServer(settings, self.router, [u.ae_title for u in moving]) if self.router is not None else None
+        )
+        share = settings.cache_max_bytes // len(settings.upstreams)
+        self._by_name: dict[str, Upstream] = {}
+        for u in settings.upstreams:
+            client = UpstreamClient(u, settings.ae_title, fuzzy_matching=bool(u.configured_capabilities.fuzzy_matching))
+            cache = InstanceCache(self.cache_dir / u.name, share, settings.cache_ttl)
+            retriever = RetrieveClient(client, settings.ae_title, self.router)
+            self._by_name[u.name] = Upstream(
                 name=u.name,
-                client=UpstreamClient(
-                    u, settings.ae_title, fuzzy_matching=bool(u.configured_capabilities.fuzzy_matching)
-                ),
+                client=client,
                 capabilities=CapabilityTracker(u),
+                retrieval=RetrieveService(retriever, client, cache),
             )
-            for u in settings.upstreams
-        }
         self.default = self._by_name[settings.default_upstream.name]
         self._stack = AsyncExitStack()
 
@@ -51,8 +69,14 @@ class Upstreams:
         return self._by_name.get(name)
 
     async def __aenter__(self) -> Upstreams:
+        if self.storage_server is not None:
+            self.storage_server.start()
+            self._stack.callback(self.storage_server.stop)
+        if self._temporary_cache:
+            self._stack.callback(shutil.rmtree, self.cache_dir, True)
         for upstream in self._by_name.values():
             await self._stack.enter_async_context(upstream.client)
+            await self._stack.enter_async_context(upstream.retrieval.retriever)
         return self
 
     async def __aexit__(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Literal
 
@@ -20,7 +20,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
 from pynetdicom.association import Association
-from pynetdicom.pdu_primitives import _UI, SOPClassExtendedNegotiation
+from pynetdicom.events import EventHandlerType
+from pynetdicom.pdu_primitives import _UI, SCP_SCU_RoleSelectionNegotiation, SOPClassExtendedNegotiation
+from pynetdicom.presentation import PresentationContext
 
 from gateway.dimse.pool import AssociationPool, PooledAssociation
 from gateway.dimse.sockets import SocketProfile, TunedAE
@@ -29,11 +31,12 @@ from gateway.dimse.status import CANCEL, PENDING, SUCCESS, failure_for_status, n
 from gateway.errors import GatewayError, PoolExhausted, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.settings import UpstreamSettings
 
-__all__ = ["UpstreamClient"]
+__all__ = ["FIND_MODEL", "MOVE_MODEL", "UpstreamClient", "pause_reactor"]
 
 logger = logging.getLogger(__name__)
 
 FIND_MODEL = UID("1.2.840.10008.5.1.4.1.2.2.1")  # Study Root Query/Retrieve Information Model - FIND
+MOVE_MODEL = UID("1.2.840.10008.5.1.4.1.2.2.2")  # Study Root Query/Retrieve Information Model - MOVE
 VERIFICATION = UID("1.2.840.10008.1.1")
 _TRANSFER_SYNTAXES: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
@@ -79,14 +82,14 @@ class UpstreamClient:
         self._ae.acse_timeout = settings.acse_timeout
         self._ae.dimse_timeout = settings.dimse_timeout
         self._ae.network_timeout = settings.network_timeout
-        self._contexts = [build_context(model, _TRANSFER_SYNTAXES) for model in (FIND_MODEL, VERIFICATION)]
+        self._contexts = [build_context(model, _TRANSFER_SYNTAXES) for model in (FIND_MODEL, MOVE_MODEL, VERIFICATION)]
         # PS3.4 C.5.1.1.1: relational queries, combined date-time matching, fuzzy matching.
         negotiation = SOPClassExtendedNegotiation()
         negotiation.sop_class_uid = FIND_MODEL
         negotiation.service_class_application_information = b"\x01\x01" + (b"\x01" if fuzzy_matching else b"\x00")
         self._ext_neg: list[_UI] = [negotiation]
         self._limiter = anyio.CapacityLimiter(settings.max_associations + 2)
-        self.pool = AssociationPool(settings, self._open_association, self._limiter)
+        self.pool = AssociationPool(settings, self._open_query_association, self._limiter)
         self._tasks: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> UpstreamClient:
@@ -103,16 +106,35 @@ class UpstreamClient:
         self._tasks.cancel_scope.cancel()
         await self._tasks.__aexit__(exc_type, exc, tb)
 
-    def _open_association(self) -> Association:
-        """Blocking: establish a new association (runs in a worker thread)."""
+    def _open_query_association(self) -> Association:
+        return self.open_association(self._ae, self._contexts, ext_neg=list(self._ext_neg))
+
+    def open_association(
+        self,
+        ae: TunedAE,
+        contexts: list[PresentationContext],
+        *,
+        ext_neg: Sequence[_UI | SCP_SCU_RoleSelectionNegotiation] = (),
+        evt_handlers: list[EventHandlerType] | None = None,
+    ) -> Association:
+        """Blocking: establish a new association to this upstream (runs in a worker thread).
+
+        Raises
+        ------
+        PoolExhausted
+            The PACS is busy (rejected-transient).
+        UpstreamUnavailable, UpstreamTimeout
+            Refused, rejected, or not accepted in time.
+        """
         started = time.monotonic()
-        assoc = self._ae.associate(
+        assoc = ae.associate(
             self.settings.host,
             self.settings.port,
-            contexts=self._contexts,
+            contexts=contexts,
             ae_title=self.settings.ae_title,
             max_pdu=self.settings.max_pdu,
-            ext_neg=self._ext_neg,
+            ext_neg=list(ext_neg),
+            evt_handlers=evt_handlers,
         )
         if assoc.is_established:
             return assoc

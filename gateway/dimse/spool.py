@@ -53,11 +53,14 @@ class ResultSpool:
         self.cancelled = threading.Event()
         self.count = 0
 
-    def put(self, item: Any) -> None:
-        """Append a result (producer side; never blocks on the consumer)."""
-        if self.cancelled.is_set():
-            return
+    def put(self, item: Any) -> bool:
+        """Append a result (producer side; never blocks on the consumer).
+
+        Returns False, dropping the item, once the consumer has cancelled.
+        """
         with self._lock:
+            if self.cancelled.is_set():
+                return False
             self.count += 1
             if self._file is None and len(self._items) < self._memory_items:
                 self._items.append(item)
@@ -70,6 +73,7 @@ class ResultSpool:
             wake = self._waiting
         if wake:
             self._notify()
+        return True
 
     def finish(self, error: BaseException | None = None) -> None:
         """Mark the end of the results, with the error that ended them if any."""
@@ -78,9 +82,16 @@ class ResultSpool:
             self._error = error
         self._notify()
 
-    def cancel(self) -> None:
-        """Ask the producer to stop (it sends C-CANCEL) and drop what it still produces."""
-        self.cancelled.set()
+    def cancel(self) -> list[Any]:
+        """Ask the producer to stop (it sends C-CANCEL) and drop what it still produces.
+
+        Returns the results held in memory that the consumer never took, for the caller to
+        release whatever they hold; none are added after this returns.
+        """
+        with self._lock:
+            self.cancelled.set()
+            left, self._items = list(self._items), deque()
+        return left
 
     def close(self) -> None:
         """Release the temporary file, if one was used."""

@@ -127,7 +127,7 @@ def test_pool_reuses_associations_and_never_exceeds_its_size() -> None:
             responses = [f.result() for f in futures]
         assert all(r.status_code == 200 and len(r.json()) == 8 for r in responses)
         health = httpx.get(f"{root.rsplit('/', 1)[0]}/health", timeout=10).json()
-    (pool,) = health["pools"]
+    (pool,) = [p for p in health["pools"] if p["kind"] == "query"]
     assert pool["total"] <= 2 and pool["in_use"] == 0
     assert pacs.associations <= 2 + pool["destroyed"]
 
@@ -236,7 +236,8 @@ def test_client_going_away_cancels_the_upstream_query_and_frees_the_association(
         while pacs.cancels == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert pacs.cancels == 1
-        (pool,) = httpx.get(f"{root.rsplit('/', 1)[0]}/health", timeout=10).json()["pools"]
+        pools = httpx.get(f"{root.rsplit('/', 1)[0]}/health", timeout=10).json()["pools"]
+        (pool,) = [p for p in pools if p["kind"] == "query"]
         assert pool["in_use"] == 0
         # and the gateway still answers
         assert httpx.get(f"{root}/studies?PatientID=P7", timeout=10).status_code == 200

@@ -1,0 +1,128 @@
+"""The gateway's own storage SCP: where a PACS sends the instances of a C-MOVE.
+
+A C-MOVE's instances arrive on associations the PACS opens to ``--store-port``, each C-STORE
+carrying the Move Originator AE Title and Move Originator Message ID (PS3.7 9.1.1.1) of the
+C-MOVE that caused it. :class:`MoveRouter` hands out message IDs that are unique among all moves
+in flight (across associations and upstreams), so each instance finds its request even when two
+clients move the same study at once. An instance that no move in flight asked for is refused with
+a log line. Only the upstreams' AE titles may associate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+
+from pynetdicom import AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+from gateway.dimse.sockets import SocketProfile, TunedAE
+from gateway.dimse.storage import RECEIVED_TRANSFER_SYNTAXES
+from gateway.dimse.transfer import Transfer
+from gateway.errors import UpstreamUnavailable
+from gateway.settings import Settings
+
+__all__ = ["MoveRouter", "StorageServer"]
+
+logger = logging.getLogger(__name__)
+
+_NOT_AUTHORIZED = 0x0124  # Refused: Not Authorized (PS3.7 C.5.x general statuses)
+_MAX_MESSAGE_ID = 65535
+
+
+class MoveRouter:
+    """The C-MOVEs in flight, by the message ID their instances will carry."""
+
+    def __init__(self, ae_title: str) -> None:
+        self.ae_title = ae_title
+        self._lock = threading.Lock()
+        self._moves: dict[int, Transfer] = {}
+        self._last_id = 0
+
+    def register(self, transfer: Transfer) -> int:
+        """A message ID for a new C-MOVE, unique among the moves in flight."""
+        with self._lock:
+            if len(self._moves) >= _MAX_MESSAGE_ID:
+                raise RuntimeError("65535 C-MOVEs in flight")
+            while True:
+                self._last_id = self._last_id % _MAX_MESSAGE_ID + 1
+                if self._last_id not in self._moves:
+                    self._moves[self._last_id] = transfer
+                    return self._last_id
+
+    def unregister(self, message_id: int) -> None:
+        """The C-MOVE with `message_id` has its final response: its instances are all in."""
+        with self._lock:
+            self._moves.pop(message_id, None)
+
+    def route(self, originator_ae: str | None, message_id: int | None) -> Transfer | None:
+        """The transfer an arriving instance belongs to, or None."""
+        with self._lock:
+            if originator_ae is not None and originator_ae.strip() != self.ae_title:
+                return None
+            if message_id is not None:
+                return self._moves.get(message_id)
+            # A PACS that leaves out the originator message ID: unambiguous only with one move in flight.
+            return next(iter(self._moves.values())) if len(self._moves) == 1 else None
+
+
+class StorageServer:
+    """The storage SCP on ``store_port``; start with :meth:`start`, stop with :meth:`stop`."""
+
+    def __init__(self, settings: Settings, router: MoveRouter, calling_ae_titles: Iterable[str]) -> None:
+        self._settings = settings
+        self.router = router
+        self._ae = TunedAE(ae_title=settings.ae_title, socket_profile=SocketProfile.BULK)
+        for context in AllStoragePresentationContexts:
+            self._ae.add_supported_context(str(context.abstract_syntax), list(RECEIVED_TRANSFER_SYNTAXES))
+        self._ae.require_calling_aet = sorted(set(calling_ae_titles))
+        self._ae.network_timeout = max(u.network_timeout for u in settings.upstreams)
+        self._ae.dimse_timeout = max(u.dimse_timeout for u in settings.upstreams)
+        self._server: ThreadedAssociationServer | None = None
+
+    def start(self) -> None:
+        """Listen on ``host:store_port``.
+
+        Raises
+        ------
+        UpstreamUnavailable
+            The port cannot be bound.
+        """
+        address = (self._settings.host, self._settings.store_port)
+        try:
+            self._server = self._ae.start_server(
+                address, block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_c_store)]
+            )
+        except OSError as exc:
+            raise UpstreamUnavailable(
+                f"cannot listen for C-MOVE instances on {address[0]}:{address[1]}: {exc}", upstream="*"
+            ) from exc
+        logger.info("storage SCP %s listening on %s:%d for C-MOVE", self._settings.ae_title, *address)
+
+    def stop(self) -> None:
+        """Stop listening and abort the associations in progress."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _on_c_store(self, event: Event) -> int:
+        request = event.request
+        assert isinstance(request, C_STORE)
+        originator = request.MoveOriginatorApplicationEntityTitle
+        originator_ae = originator.decode(errors="replace") if isinstance(originator, bytes) else originator
+        message_id = request.MoveOriginatorMessageID
+        transfer = self.router.route(originator_ae, message_id)
+        if transfer is None:
+            logger.warning(
+                "storage SCP: refused %s from %s: no C-MOVE in flight asked for it (originator %s, message %s)",
+                request.AffectedSOPInstanceUID,
+                event.assoc.requestor.ae_title,
+                originator_ae,
+                message_id,
+            )
+            event.dataset_path.unlink(missing_ok=True)
+            return _NOT_AUTHORIZED
+        return transfer.receive(event.dataset_path)

@@ -1,0 +1,255 @@
+"""A bounded on-disk cache of retrieved instances, so viewers' repeated requests stay local.
+
+OHIF-style viewers ask for a series' metadata, then for each instance's frames one request at a
+time, often again and again. Every instance the gateway retrieves (by C-GET or C-MOVE) lands here
+as a Part 10 file before it is streamed on; metadata, frames, bulk data and rendered images are
+then served from these files.
+
+- **Bounded:** least recently used instances are deleted once the files exceed ``max_bytes``.
+  Instances being streamed or read are *pinned* and never deleted under a reader, so the cache
+  may overshoot by what is in flight.
+- **Fresh:** a series counts as cached only if all of it was retrieved within ``ttl`` seconds and
+  nothing has been stored into it since (:meth:`InstanceCache.forget`, called by STOW-RS).
+- **Concurrent:** the pynetdicom threads that receive instances and the event loop that serves
+  them share it through one lock; files are written elsewhere and moved in with an atomic rename,
+  so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+__all__ = ["CachedInstance", "InstanceCache", "NotAnInstance"]
+
+logger = logging.getLogger(__name__)
+
+_SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
+_HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
+
+
+class NotAnInstance(ValueError):
+    """A received file is not a DICOM instance with the UIDs the cache needs."""
+
+
+@dataclass(eq=False)
+class CachedInstance:
+    """One instance file in the cache."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    path: Path
+    size: int
+    pins: int = 0
+    gone: bool = False
+    """Deleted or replaced since it was handed out (its file may still be open for reading)."""
+
+
+@dataclass
+class _Series:
+    members: tuple[str, ...]
+    complete_at: float
+
+
+@dataclass
+class _Counters:
+    hits: int = 0
+    misses: int = 0
+    admitted: int = 0
+    evicted: int = 0
+    forgotten: int = 0
+
+
+@dataclass
+class InstanceCache:
+    """Instance files under `directory`, at most about `max_bytes`, series fresh for `ttl` seconds."""
+
+    directory: Path
+    max_bytes: int
+    ttl: float
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _entries: OrderedDict[str, CachedInstance] = field(default_factory=OrderedDict, repr=False)
+    _series: dict[tuple[str, str], _Series] = field(default_factory=dict, repr=False)
+    _bytes: int = 0
+    counters: _Counters = field(default_factory=_Counters)
+
+    def __post_init__(self) -> None:
+        # What an earlier process left here is unknown to the index: start empty.
+        if self.directory.exists():
+            shutil.rmtree(self.directory / "instances", ignore_errors=True)
+        (self.directory / "instances").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def size(self) -> int:
+        """Bytes of instance files held now."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def admit(self, received: Path) -> CachedInstance:
+        """Move a just-received Part 10 file into the cache; returns it pinned.
+
+        Blocking (reads the file's header); called from the threads that receive instances.
+
+        Raises
+        ------
+        NotAnInstance
+            The file is not DICOM or lacks a study, series or instance UID. It is deleted.
+        """
+        try:
+            header = dcmread(received, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+            uids = [str(header.get(keyword, "")).strip("\x00 ") for keyword in _HEADER_TAGS]
+            transfer_syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
+        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+            received.unlink(missing_ok=True)
+            raise NotAnInstance(f"not a readable DICOM file: {exc}") from exc
+        if not all(uids[:3]) or not transfer_syntax:
+            received.unlink(missing_ok=True)
+            raise NotAnInstance("the instance lacks a study, series or SOP instance UID, or a transfer syntax")
+        study, series, sop, sop_class = uids
+        path = self.directory / "instances" / f"{_file_name(sop)}.dcm"
+        size = received.stat().st_size
+        _delete(_sidecars(path))  # derived from an earlier copy of this instance
+        try:
+            os.replace(received, path)
+        except OSError:  # another file system: copy, then rename within ours
+            staging = path.with_suffix(".partial")
+            shutil.move(received, staging)
+            os.replace(staging, path)
+        entry = CachedInstance(study, series, sop, sop_class, transfer_syntax, path, size, pins=1)
+        with self._lock:
+            previous = self._entries.pop(sop, None)
+            if previous is not None:
+                previous.gone = True
+                self._bytes -= previous.size
+            self._entries[sop] = entry
+            self._bytes += size
+            self.counters.admitted += 1
+            doomed = self._evict()
+        _delete(doomed)
+        return entry
+
+    def acquire(self, sop_instance_uid: str) -> CachedInstance | None:
+        """The cached instance, pinned, or None. Give it back with :meth:`release`."""
+        with self._lock:
+            entry = self._entries.get(sop_instance_uid)
+            if entry is None:
+                self.counters.misses += 1
+                return None
+            self._entries.move_to_end(sop_instance_uid)
+            entry.pins += 1
+            self.counters.hits += 1
+            return entry
+
+    def acquire_series(self, study_uid: str, series_uid: str) -> list[CachedInstance] | None:
+        """Every instance of a fresh, completely cached series, pinned; None if that is not so."""
+        with self._lock:
+            series = self._series.get((study_uid, series_uid))
+            if series is None or time.monotonic() - series.complete_at > self.ttl:
+                self.counters.misses += 1
+                return None
+            entries = [self._entries.get(sop) for sop in series.members]
+            if any(entry is None for entry in entries):
+                del self._series[(study_uid, series_uid)]
+                self.counters.misses += 1
+                return None
+            found = [entry for entry in entries if entry is not None]
+            for entry in found:
+                entry.pins += 1
+                self._entries.move_to_end(entry.sop_instance_uid)
+            self.counters.hits += 1
+            return found
+
+    def release(self, entry: CachedInstance) -> None:
+        """Unpin an instance handed out by :meth:`admit`, :meth:`acquire` or :meth:`acquire_series`."""
+        with self._lock:
+            entry.pins -= 1
+            doomed = self._evict()
+        _delete(doomed)
+
+    def mark_series_complete(self, study_uid: str, series_uid: str, members: Iterable[str]) -> None:
+        """Record that `members` are all of the series, as the PACS had it just now."""
+        with self._lock:
+            self._series[(study_uid, series_uid)] = _Series(tuple(members), time.monotonic())
+
+    def forget(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> None:
+        """Drop an instance and the completeness of its series: it was stored anew (STOW-RS)."""
+        with self._lock:
+            self._series.pop((study_uid, series_uid), None)
+            entry = self._entries.pop(sop_instance_uid, None)
+            doomed: list[Path] = []
+            if entry is not None:
+                entry.gone = True
+                self._bytes -= entry.size
+                self.counters.forgotten += 1
+                doomed = [entry.path, *_sidecars(entry.path)]
+        # A replaced file may be open for reading: unlinking keeps the reader's copy alive.
+        _delete(doomed)
+
+    def sidecar(self, entry: CachedInstance, suffix: str, build: Callable[[Path], bytes]) -> bytes:
+        """A derived file kept beside the instance (its metadata, say), built once by `build`.
+
+        Blocking. Sidecars live and die with their instance; they are small and not counted.
+        """
+        path = entry.path.with_suffix(suffix)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        data = build(entry.path)
+        staging = path.with_name(f"{path.name}.{threading.get_ident()}.partial")
+        staging.write_bytes(data)
+        os.replace(staging, path)
+        return data
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the health endpoint."""
+        return {"instances": len(self._entries), "bytes": self._bytes, **vars(self.counters)}
+
+    def _evict(self) -> list[Path]:
+        # Called with the lock held; returns the files to delete once it is released.
+        doomed: list[Path] = []
+        if self._bytes <= self.max_bytes:
+            return doomed
+        for sop, entry in list(self._entries.items()):
+            if self._bytes <= self.max_bytes:
+                break
+            if entry.pins > 0:
+                continue
+            del self._entries[sop]
+            entry.gone = True
+            self._bytes -= entry.size
+            self.counters.evicted += 1
+            doomed += [entry.path, *_sidecars(entry.path)]
+        return doomed
+
+
+def _file_name(sop_instance_uid: str) -> str:
+    if _SAFE_UID.match(sop_instance_uid):
+        return sop_instance_uid
+    return hashlib.sha1(sop_instance_uid.encode(), usedforsecurity=False).hexdigest()
+
+
+def _sidecars(path: Path) -> list[Path]:
+    return [path.with_suffix(".json")]
+
+
+def _delete(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,199 @@
+"""What WADO-RS asks of one upstream: instances streamed from the PACS, or served from the cache.
+
+- Retrieving a study, series or instance as DICOM always asks the PACS (the answer is never
+  stale) and streams the instances as they arrive, keeping them in the cache on the way.
+- Metadata, frames, bulk data and rendered images are derived from the cache: a series is asked
+  for once, then served locally while it is fresh (``cache_ttl``), and one instance's frames never
+  cost a whole series. Concurrent requests for a series that is being retrieved wait for that
+  retrieve instead of starting another one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+from pydicom.dataset import Dataset
+
+from gateway.dimse.client import UpstreamClient
+from gateway.dimse.retrieve import RetrieveClient
+from gateway.dimse.status import SUCCESS, describe_status
+from gateway.dimse.transfer import Transfer
+from gateway.errors import NotFound, UpstreamError, UpstreamFailureStatus
+from gateway.retrieve.cache import CachedInstance, InstanceCache
+
+__all__ = ["RetrieveService", "Target"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a WADO-RS request names: a study, a series of it, or an instance of that series."""
+
+    study: str
+    series: str | None = None
+    instance: str | None = None
+
+    @property
+    def level(self) -> str:
+        """The Query/Retrieve level of the C-GET or C-MOVE."""
+        return "IMAGE" if self.instance else "SERIES" if self.series else "STUDY"
+
+    def identifier(self) -> Dataset:
+        """The C-GET/C-MOVE identifier (PS3.4 C.4.2.2.1: unique keys down to the level)."""
+        ds = Dataset()
+        ds.QueryRetrieveLevel = self.level
+        ds.StudyInstanceUID = self.study
+        if self.series:
+            ds.SeriesInstanceUID = self.series
+        if self.instance:
+            ds.SOPInstanceUID = self.instance
+        return ds
+
+    def __str__(self) -> str:
+        if self.instance:
+            return f"instance {self.instance} of series {self.series}"
+        return f"series {self.series} of study {self.study}" if self.series else f"study {self.study}"
+
+
+class RetrieveService:
+    """Retrieval for one upstream, through its cache."""
+
+    def __init__(self, retriever: RetrieveClient, finder: UpstreamClient, cache: InstanceCache) -> None:
+        self.retriever = retriever
+        self.finder = finder
+        self.cache = cache
+        self._series_in_flight: dict[tuple[str, str], anyio.Event] = {}
+
+    def start(self, target: Target) -> Transfer:
+        """Start retrieving `target` from the PACS; iterate the transfer for its instances."""
+        transfer = Transfer(self.cache, str(target))
+        self.retriever.start(target.identifier(), transfer)
+        return transfer
+
+    @asynccontextmanager
+    async def stream(self, target: Target) -> AsyncIterator[Transfer]:
+        """A started transfer that is cancelled (C-CANCEL) if the caller leaves before its end."""
+        transfer = self.start(target)
+        try:
+            yield transfer
+        finally:
+            transfer.cancel()
+
+    async def check_found(self, target: Target, transfer: Transfer) -> None:
+        """After a transfer that brought no instance: raise what the client should be told.
+
+        Raises
+        ------
+        NotFound
+            The PACS has nothing for `target` (PS3.18: 404 when no instance can be retrieved).
+        UpstreamError
+            The PACS has it but could not send any of it.
+        """
+        counts = transfer.counts
+        status = transfer.final_status
+        if counts.failed or transfer.rejected:
+            raise UpstreamError(
+                f"the PACS could not send any instance of {target} "
+                f"({counts.failed or transfer.rejected} sub-operations failed)",
+                upstream=self.retriever.name,
+            )
+        if status == SUCCESS or not await self._exists(target):
+            raise NotFound(f"the PACS has no {target}")
+        assert status is not None
+        raise UpstreamFailureStatus(
+            f"retrieve of {target} failed with status 0x{status:04X} ({describe_status(status)})",
+            upstream=self.retriever.name,
+            status=status,
+        )
+
+    async def _exists(self, target: Target) -> bool:
+        identifier = target.identifier()
+        identifier.QueryRetrieveLevel = target.level
+        found = False
+        async for _ in self.finder.find(identifier):
+            found = True
+            break
+        return found
+
+    async def series(self, study: str, series: str) -> list[CachedInstance]:
+        """Every instance of a series, pinned (release each with ``cache.release``).
+
+        Served from the cache when it holds the whole series and it is fresh; otherwise the
+        series is retrieved once, however many requests ask for it at the same time.
+        """
+        key = (study, series)
+        while True:
+            cached = self.cache.acquire_series(study, series)
+            if cached is not None:
+                return cached
+            in_flight = self._series_in_flight.get(key)
+            if in_flight is None:
+                break
+            await in_flight.wait()
+        done = self._series_in_flight[key] = anyio.Event()
+        try:
+            return await self._retrieve_series(Target(study, series))
+        finally:
+            del self._series_in_flight[key]
+            done.set()
+
+    async def _retrieve_series(self, target: Target) -> list[CachedInstance]:
+        assert target.series is not None
+        received: list[CachedInstance] = []
+        try:
+            async with self.stream(target) as transfer:
+                async for entry in transfer:
+                    received.append(entry)
+        except BaseException:
+            for entry in received:
+                self.cache.release(entry)
+            raise
+        if not received:
+            await self.check_found(target, transfer)
+        if transfer.final_status == SUCCESS and not transfer.counts.failed:
+            self.cache.mark_series_complete(target.study, target.series, [e.sop_instance_uid for e in received])
+        else:
+            logger.warning("%s: retrieved %d instances, some failed; not cached as complete", target, len(received))
+        return received
+
+    async def instance(self, target: Target) -> CachedInstance:
+        """One instance, pinned: from the cache, else retrieved alone (never its whole series)."""
+        assert target.instance is not None
+        entry = self.cache.acquire(target.instance)
+        if entry is not None and entry.study_uid == target.study and entry.series_uid == target.series:
+            return entry
+        if entry is not None:
+            self.cache.release(entry)
+            raise NotFound(f"instance {target.instance} is not in series {target.series} of study {target.study}")
+        wanted: CachedInstance | None = None
+        try:
+            async with self.stream(target) as transfer:
+                # Read to the final response: leaving early would cancel, and cost the association.
+                async for received in transfer:
+                    if wanted is None and received.sop_instance_uid == target.instance:
+                        wanted = received
+                    else:
+                        self.cache.release(received)
+        except BaseException:
+            if wanted is not None:
+                self.cache.release(wanted)
+            raise
+        if wanted is not None:
+            return wanted
+        await self.check_found(target, transfer)
+        raise NotFound(f"the PACS has no {target}")  # check_found always raises; keeps mypy honest
+
+
+def partial_warning(transfer: Transfer) -> str | None:
+    """The Warning header value for a transfer that lost instances, or None if it lost none."""
+    counts = transfer.counts
+    lost = counts.failed + transfer.rejected
+    if lost == 0 and transfer.final_status in (SUCCESS, None):
+        return None
+    detail = f"{lost} instances could not be retrieved" if lost else "the PACS reported a failure"
+    return f'299 - "{detail} (status 0x{(transfer.final_status or 0):04X})"'
