@@ -216,6 +216,7 @@ def bare_c_get(orthanc: OrthancPacs, study: Study, config: CGetConfig, port: int
         "mb_per_s": total / MB / seconds,
         "first_ms": (first_store[0] - started) * 1000,
         "first_at": first_store[0],
+        "started_at": started,
         "first_after_request_ms": (first_store[0] - requested) * 1000,
         "association_ms": (requested - started) * 1000,
         "client_cpu_s": cpu,
@@ -307,6 +308,7 @@ def http_retrieve(url: str, accept: str) -> Result:
         "first_body_byte_ms": ((first_byte or finished) - started) * 1000,
         "first_ms": ((first_payload or finished) - started) * 1000,
         "first_at": first_payload or finished,
+        "started_at": started,
         "client_cpu_s": time.process_time() - cpu_before,
         "parts": counter.parts,
         "first_part_is_dicom": counter.first_part_is_dicom,
@@ -344,6 +346,9 @@ class WireTap:
         self.target_port = target_port
         self.watch_replies = watch_replies
         self.first_store_at: float | None = None
+        self.first_connection_at: float | None = None
+        self.events: list[tuple[float, str, str]] = []
+        """(time, who sent it, what) for every PDU and DIMSE command up to the first C-STORE."""
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         self._closed = threading.Event()
@@ -359,6 +364,9 @@ class WireTap:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.first_connection_at is None:
+                self.first_connection_at = time.perf_counter()
+            self._note("PACS" if not self.watch_replies else "gateway", "TCP connection")
             upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
             upstream.settimeout(None)
             for sock in (client, upstream):
@@ -374,7 +382,8 @@ class WireTap:
         client.close()
         upstream.close()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, parse: bool) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, watched: bool) -> None:
+        side = "PACS" if watched else "gateway"
         pending = bytearray()
         in_store = False
         command = bytearray()
@@ -384,7 +393,7 @@ class WireTap:
                 if not chunk:
                     break
                 completed = False
-                if parse and self.first_store_at is None:
+                if self.first_store_at is None:
                     pending += chunk
                     # PS3.8 9.3.1: PDU type (1), reserved (1), length (4); P-DATA-TF items are
                     # length (4), presentation context (1), message control header (1), fragment.
@@ -394,6 +403,7 @@ class WireTap:
                             break
                         pdu, pending = bytes(pending[: 6 + length]), pending[6 + length :]
                         if pdu[0] != 0x04:
+                            self._note(side, _PDU_TYPES.get(pdu[0], f"PDU {pdu[0]:#x}"))
                             continue
                         offset = 6
                         while offset < len(pdu):
@@ -403,18 +413,55 @@ class WireTap:
                             if control & 0x01:  # a command fragment
                                 command += fragment
                                 if control & 0x02:
-                                    in_store, command = _C_STORE_RQ in command, bytearray()
+                                    self._note(side, _command_name(command))
+                                    in_store, command = watched and _C_STORE_RQ in command, bytearray()
                             elif in_store and control & 0x02:  # the last fragment of the C-STORE's dataset
                                 completed = True
                 sink.sendall(chunk)
                 if completed:
                     self.first_store_at = time.perf_counter()
+                    self._note(side, "first C-STORE dataset passed on")
             with contextlib.suppress(OSError):
                 sink.shutdown(socket.SHUT_WR)  # pass the end of the stream on, as a half-close
         except OSError:
             for sock in (source, sink):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+    def _note(self, side: str, what: str) -> None:
+        if len(self.events) < 40:
+            self.events.append((time.perf_counter(), side, what))
+
+
+_PDU_TYPES = {
+    0x01: "A-ASSOCIATE-RQ",
+    0x02: "A-ASSOCIATE-AC",
+    0x03: "A-ASSOCIATE-RJ",
+    0x05: "A-RELEASE-RQ",
+    0x06: "A-RELEASE-RP",
+    0x07: "A-ABORT",
+}
+_COMMANDS = {
+    0x0001: "C-STORE-RQ",
+    0x8001: "C-STORE-RSP",
+    0x0010: "C-GET-RQ",
+    0x8010: "C-GET-RSP",
+    0x0020: "C-FIND-RQ",
+    0x8020: "C-FIND-RSP",
+    0x0021: "C-MOVE-RQ",
+    0x8021: "C-MOVE-RSP",
+    0x0030: "C-ECHO-RQ",
+    0x8030: "C-ECHO-RSP",
+    0x0FFF: "C-CANCEL-RQ",
+}
+
+
+def _command_name(command: bytes | bytearray) -> str:
+    at = command.find(_C_STORE_RQ[:8])  # (0000,0100) with length 2, implicit VR little endian
+    if at < 0:
+        return "command"
+    field = int.from_bytes(command[at + 8 : at + 10], "little")
+    return _COMMANDS.get(field, f"command {field:#06x}")
 
 
 # --- the gateway process ---------------------------------------------------------------------------
@@ -443,6 +490,9 @@ class Gateway:
         self.workdir = workdir
         self.cache_dir = Path(tempfile.mkdtemp(prefix=f"cache-{retrieve}-", dir=workdir))
         self.log_path = workdir / f"gateway-{retrieve}-{self.port}.log"
+        # The cache directory has no flag; ``[gateway] cache_dir`` in a configuration file sets it.
+        self.config_path = workdir / f"gateway-{retrieve}-{self.port}.toml"
+        self.config_path.write_text(f"[gateway]\ncache_dir = {json.dumps(str(self.cache_dir))}\n")
         self.command = [
             str(Path(sys.executable).with_name("dicomweb-gateway")),
             "serve",
@@ -460,7 +510,8 @@ class Gateway:
             str(store_port),
             "--log-level",
             "warning",
-            *cache_flags(self.cache_dir),
+            "--config",
+            str(self.config_path),
         ]
         self.process: subprocess.Popen[bytes] | None = None
         self._peak_rss_kb = 0
@@ -535,23 +586,6 @@ class Gateway:
             return "(no log)"
 
 
-_CACHE_FLAG: list[str] | None = None
-
-
-def cache_flags(directory: Path) -> list[str]:
-    """The gateway's cache directory flag, if its CLI has one (read once from ``serve --help``)."""
-    global _CACHE_FLAG
-    if _CACHE_FLAG is None:
-        helptext = subprocess.run(
-            [str(Path(sys.executable).with_name("dicomweb-gateway")), "serve", "--help"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout
-        _CACHE_FLAG = [flag for flag in ("--cache-dir", "--cache-directory", "--cache") if flag + " " in helptext][:1]
-    return [*_CACHE_FLAG, str(directory)] if _CACHE_FLAG else []
-
-
 def set_move_destination(orthanc: OrthancPacs, port: int) -> None:
     """Point Orthanc's C-MOVE destination GATEWAY at `port` (its REST API, ``PUT /modalities``)."""
     request = urllib.request.Request(
@@ -587,9 +621,16 @@ def tapped_first_byte(orthanc: OrthancPacs, study: Study, method: str, store_por
             set_move_destination(orthanc, store_port)
     if tap.first_store_at is None:
         raise RuntimeError("no C-STORE went through the wire tap")
+    connected = tap.first_connection_at or tap.first_store_at
     return {
         "first_byte_delay_ms": (retrieved["first_at"] - tap.first_store_at) * 1000,
         "first_ms": retrieved["first_ms"],
+        # Breakdown on the same clock: request -> the first connection through the tap (the C-GET
+        # association, or Orthanc's C-MOVE sub-association) -> the first C-STORE -> the first byte.
+        "request_to_connection_ms": (connected - retrieved["started_at"]) * 1000,
+        "timeline_ms": [f"{(at - retrieved['started_at']) * 1000:.1f} {side}: {what}" for at, side, what in tap.events]
+        + [f"{retrieved['first_ms']:.1f} client: first byte of the first part"],
+        "connection_to_first_store_ms": (tap.first_store_at - connected) * 1000,
         "parts": retrieved["parts"],
     }
 
@@ -607,6 +648,11 @@ def tapped_bare_c_get(orthanc: OrthancPacs, study: Study, config: CGetConfig) ->
     return {
         "first_byte_delay_ms": (retrieved["first_at"] - tap.first_store_at) * 1000,
         "first_ms": retrieved["first_ms"],
+        "timeline_ms": [
+            f"{(at - retrieved['started_at']) * 1000:.1f} {side.replace('gateway', 'bench')}: {what}"
+            for at, side, what in tap.events
+        ]
+        + [f"{retrieved['first_ms']:.1f} bench: C-STORE handler called"],
     }
 
 
@@ -703,7 +749,12 @@ def _attempt(results: dict[str, Any], name: str, run: Any, *args: Any) -> Result
 
 
 def run_benchmark(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    results: dict[str, Any] = {"slices": args.slices, "runs": args.runs, "cores": os.cpu_count()}
+    results: dict[str, Any] = {
+        "slices": args.slices,
+        "runs": args.runs,
+        "cores": os.cpu_count(),
+        "load_average_before": os.getloadavg(),
+    }
     store_port = free_port()
     orthanc = OrthancPacs(tmp / "orthanc", move_destinations={GATEWAY_AE: ("127.0.0.1", store_port)})
     with orthanc:
@@ -782,14 +833,13 @@ def run_benchmark(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 for name in (f"gateway {method} cold", f"gateway {method} warm"):
                     if name in viewer:
                         viewer[name]["vmhwm_mb"] = viewer_rss
-        for temperature in ("first", "second"):
-            passed = _attempt(
-                results, f"orthanc {temperature}", viewer_pass, orthanc.dicomweb_url, study, args.concurrency
-            )
-            if passed:
-                viewer[f"orthanc {temperature}"] = passed
+        # Orthanc keeps no frame cache: one pass is its reference.
+        passed = _attempt(results, "orthanc viewer", viewer_pass, orthanc.dicomweb_url, study, args.concurrency)
+        if passed:
+            viewer["orthanc -"] = passed
         results["viewer"] = viewer
         print("  measured the viewer passes", file=sys.stderr, flush=True)
+    results["load_average_after"] = os.getloadavg()
     return results
 
 
@@ -811,7 +861,8 @@ def report(results: dict[str, Any]) -> str:
     lines = [
         f"WADO-RS study retrieve, {study['instances']} CT slices of 512x512 "
         f"({study['bytes'] / MB:.0f} MB of datasets), Orthanc upstream, {results['cores']} cores, loopback; "
-        f"median of {results['runs']} runs (a fresh gateway process for each):",
+        f"median of {results['runs']} runs (a fresh gateway process for each); load average "
+        f"{results['load_average_before'][0]:.1f} before, {results['load_average_after'][0]:.1f} after:",
         "",
         "| method | s | MB | MB/s | first byte ms | parts | peak RSS MB | client CPU s | gateway CPU s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -860,13 +911,24 @@ def report(results: dict[str, Any]) -> str:
             "First-byte delay on the wire (median; from the first C-STORE wholly passed into the receiver's "
             "socket to the first byte of the first part at the client, or to pynetdicom's C-STORE handler):",
             "",
-            "| receiver | delay ms |",
-            "| --- | --- |",
+            "| receiver | request -> upstream connection ms | -> first C-STORE ms | -> first byte ms (delay) |",
+            "| --- | --- | --- | --- |",
         ]
         for name in ("c-get", "gateway get", "gateway move"):
             label = "bare C-GET (pynetdicom's own hand-over)" if name == "c-get" else name
             cell = f"{delays[name]:.1f}" if name in delays else _failure_cell(results, f"tapped {name}")
-            lines.append(f"| {label} | {cell} |")
+            runs = results["first_byte_delay_runs"].get(name, [])
+            steps = ["", ""]
+            if runs and "request_to_connection_ms" in runs[0]:
+                run = sorted(runs, key=lambda r: r["first_byte_delay_ms"])[(len(runs) - 1) // 2]
+                steps = [f"{run['request_to_connection_ms']:.0f}", f"{run['connection_to_first_store_ms']:.0f}"]
+            lines.append(f"| {label} | {steps[0]} | {steps[1]} | {cell} |")
+        origins = {"c-get": "the association request", "gateway get": "the request", "gateway move": "the request"}
+        for name, origin in origins.items():
+            runs = results["first_byte_delay_runs"].get(name, [])
+            if runs:
+                run = sorted(runs, key=lambda r: r["first_byte_delay_ms"])[(len(runs) - 1) // 2]
+                lines += ["", f"{name}, on the wire (ms from {origin}): " + "; ".join(run["timeline_ms"])]
 
     viewer = results.get("viewer", {})
     if viewer:
@@ -929,7 +991,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=6, help="connections of the viewer pass (a browser's 6)")
     parser.add_argument(
         "--viewer-retrieve",
-        type=lambda value: value.split(","),
+        type=lambda value: [method for method in value.split(",") if method],
         default=["get", "move"],
         help="gateway retrieve methods for the viewer pass (comma-separated)",
     )
