@@ -1,8 +1,9 @@
-"""An in-process C-FIND SCP (a real pynetdicom AE) for faults a real PACS won't produce on demand.
+"""An in-process Q/R SCP (a real pynetdicom AE) for faults a real PACS won't produce on demand.
 
-It answers Study Root C-FINDs from in-memory instance datasets, hierarchically or relationally,
-and can be told to fail: answer a failure status after some results, hang, or abort. It records
-every identifier it receives, so tests can check what the gateway sent upstream.
+It answers Study Root C-FINDs and C-GETs from in-memory instance datasets, hierarchically or
+relationally, and can be told to fail: answer a failure status after some results or
+sub-operations, hang, or abort. It records every identifier it receives, so tests can check what
+the gateway sent upstream.
 """
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    Verification,
+)
 
 _UNIQUE = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
 _PARENTS = {"STUDY": [], "SERIES": ["StudyInstanceUID"], "IMAGE": ["StudyInstanceUID", "SeriesInstanceUID"]}
@@ -51,12 +58,18 @@ class FakePacs:
         self._ae = AE(ae_title=self.ae_title)
         self._ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
         self._ae.add_supported_context(Verification)
+        self._ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+        self._ae.add_supported_context(CTImageStorage, scu_role=True, scp_role=True)
         self._ae.maximum_associations = 16
         self._server = None
         self._lock = threading.Lock()
 
     def __enter__(self) -> FakePacs:
-        handlers = [(evt.EVT_C_FIND, self._handle_find), (evt.EVT_CONN_OPEN, self._count)]
+        handlers = [
+            (evt.EVT_C_FIND, self._handle_find),
+            (evt.EVT_C_GET, self._handle_get),
+            (evt.EVT_CONN_OPEN, self._count),
+        ]
         self._server = self._ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
         self.port = self._server.server_address[1]
         return self
@@ -109,7 +122,27 @@ class FakePacs:
             yield 0xFF00, response
         yield 0x0000, None
 
+    def _handle_get(self, event: evt.Event) -> Iterator[int | tuple[int, Dataset | None]]:
+        identifier = event.identifier
+        self.received.append(identifier)
+        keys = [e for e in identifier if e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")]
+        matches = [i for i in self.instances if all(_matches(e.keyword, e.value, i) for e in keys)]
+        yield len(matches)
+        for sent, instance in enumerate(matches):
+            if self.fault is not None and sent >= self.fault.after:
+                yield from self._misbehave(event)
+                return
+            if self.delay:
+                time.sleep(self.delay)
+            if event.is_cancelled:
+                with self._lock:
+                    self.cancels += 1
+                yield 0xFE00, None
+                return
+            yield 0xFF00, _with_file_meta(instance)
+
     def _misbehave(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        """Fail as the fault says (C-FIND and C-GET alike)."""
         assert self.fault is not None
         if self.fault.kind == "status":
             yield self.fault.status, None
@@ -119,6 +152,14 @@ class FakePacs:
         else:
             event.assoc.abort()
             yield 0x0000, None
+
+
+def _with_file_meta(instance: Dataset) -> Dataset:
+    """pynetdicom picks the presentation context of a C-GET sub-operation by the file meta."""
+    if "TransferSyntaxUID" not in instance.get("file_meta", FileMetaDataset()):
+        instance.file_meta = FileMetaDataset()
+        instance.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return instance
 
 
 def _matches(keyword: str, wanted: object, instance: Dataset) -> bool:

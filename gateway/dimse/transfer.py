@@ -69,6 +69,11 @@ class Transfer:
         self._spool = ResultSpool(memory_items=sys.maxsize)  # records are small: never spill
 
     @property
+    def lost(self) -> int:
+        """Instances the PACS failed to send, or sent unreadable, so far."""
+        return self.counts.failed + self.rejected
+
+    @property
     def cancelled(self) -> bool:
         """True once the consumer has gone; the DIMSE side then sends C-CANCEL."""
         return self._spool.cancelled.is_set()

@@ -94,21 +94,17 @@ class RetrieveService:
         UpstreamError
             The PACS has it but could not send any of it.
         """
-        counts = transfer.counts
         status = transfer.final_status
-        if counts.failed or transfer.rejected:
-            raise UpstreamError(
-                f"the PACS could not send any instance of {target} "
-                f"({counts.failed or transfer.rejected} sub-operations failed)",
-                upstream=self.retriever.name,
-            )
-        if status == SUCCESS or not await self._exists(target):
+        lost = transfer.lost
+        if not lost and (status == SUCCESS or not await self._exists(target)):
             raise NotFound(f"the PACS has no {target}")
-        assert status is not None
+        detail = f"the PACS could not send any instance of {target}"
+        if lost:
+            detail += f" ({lost} sub-operations failed)"
+        if status is None:
+            raise UpstreamError(detail, upstream=self.retriever.name)
         raise UpstreamFailureStatus(
-            f"retrieve of {target} failed with status 0x{status:04X} ({describe_status(status)})",
-            upstream=self.retriever.name,
-            status=status,
+            f"{detail}: status 0x{status:04X} ({describe_status(status)})", upstream=self.retriever.name, status=status
         )
 
     async def _exists(self, target: Target) -> bool:
@@ -191,8 +187,7 @@ class RetrieveService:
 
 def partial_warning(transfer: Transfer) -> str | None:
     """The Warning header value for a transfer that lost instances, or None if it lost none."""
-    counts = transfer.counts
-    lost = counts.failed + transfer.rejected
+    lost = transfer.lost
     if lost == 0 and transfer.final_status in (SUCCESS, None):
         return None
     detail = f"{lost} instances could not be retrieved" if lost else "the PACS reported a failure"
