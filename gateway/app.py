@@ -20,7 +20,10 @@ from gateway import __version__
 from gateway.dimse import sockets, storage
 from gateway.errors import GatewayError, UpstreamError
 from gateway.routes.common import ServiceRoot
+from gateway.routes.frames import retrieve_frames
+from gateway.routes.metadata import retrieve_bulkdata, retrieve_metadata
 from gateway.routes.qido import search_for_instances, search_for_series, search_for_studies
+from gateway.routes.rendered import retrieve_rendered, retrieve_thumbnail
 from gateway.routes.wado import retrieve_instances
 from gateway.settings import Settings
 from gateway.upstreams import Upstreams
@@ -43,6 +46,19 @@ _SERVICE_ROUTES: tuple[tuple[str, Endpoint], ...] = (
     ("/studies/{study}", retrieve_instances),
     ("/studies/{study}/series/{series}", retrieve_instances),
     ("/studies/{study}/series/{series}/instances/{instance}", retrieve_instances),
+    ("/studies/{study}/metadata", retrieve_metadata),
+    ("/studies/{study}/series/{series}/metadata", retrieve_metadata),
+    ("/studies/{study}/series/{series}/instances/{instance}/metadata", retrieve_metadata),
+    ("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}", retrieve_bulkdata),
+    ("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", retrieve_frames),
+    ("/studies/{study}/rendered", retrieve_rendered),
+    ("/studies/{study}/series/{series}/rendered", retrieve_rendered),
+    ("/studies/{study}/series/{series}/instances/{instance}/rendered", retrieve_rendered),
+    ("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered", retrieve_rendered),
+    ("/studies/{study}/thumbnail", retrieve_thumbnail),
+    ("/studies/{study}/series/{series}/thumbnail", retrieve_thumbnail),
+    ("/studies/{study}/series/{series}/instances/{instance}/thumbnail", retrieve_thumbnail),
+    ("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail", retrieve_thumbnail),
 )
 
 
@@ -83,8 +99,9 @@ def _bind(endpoint: Endpoint, service: ServiceRoot) -> Endpoint:
 
 
 def _service_routes(settings: Settings, upstreams: Upstreams) -> list[BaseRoute]:
-    roots = [ServiceRoot(settings.base_path, upstreams.default)]
-    roots += [ServiceRoot(f"{settings.base_path}/upstreams/{u.name}", u) for u in upstreams]
+    public = settings.public_url
+    roots = [ServiceRoot(settings.base_path, upstreams.default, public)]
+    roots += [ServiceRoot(f"{settings.base_path}/upstreams/{u.name}", u, public) for u in upstreams]
     return [
         Route(root.path + path, _bind(endpoint, root), methods=["GET"])
         for root in roots

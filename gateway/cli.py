@@ -49,6 +49,10 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ae-title", dest="ae_title", help="the gateway's own AE title (default GATEWAY)")
     parser.add_argument("--store-port", dest="store_port", type=int, help="port of the storage SCP for C-MOVE")
     parser.add_argument("--retrieve", choices=("get", "move"), help="how the default upstream is retrieved from")
+    parser.add_argument(
+        "--cache-dir", dest="cache_dir", help="where retrieved instances are cached (default: temporary)"
+    )
+    parser.add_argument("--public-url", dest="public_url", help="scheme://host[:port] clients reach the gateway at")
     parser.add_argument("--log-level", dest="log_level", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -61,6 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         ae_title=args.ae_title,
         store_port=args.store_port,
+        cache_dir=args.cache_dir,
+        public_url=args.public_url,
         log_level=args.log_level,
     )
     _configure_logging(settings.log_level)
@@ -96,6 +102,9 @@ def _demo(args: argparse.Namespace) -> int:
                 f"  curl '{root}/studies?PatientName=doe*&includefield=StudyDescription'\n"
                 f"  curl '{root}/studies/{study.study_uid}/series'\n"
                 f"  curl '{root}/studies/{study.study_uid}/instances'\n"
+                f"  curl '{root}/studies/{study.study_uid}/series/{study.series[0].series_uid}/metadata'\n"
+                f"  curl -o study.multipart '{root}/studies/{study.study_uid}'\n"
+                f"  curl -o thumbnail.jpg '{root}/studies/{study.study_uid}/thumbnail'\n"
                 "Press Ctrl-C to stop.\n",
                 flush=True,
             )

@@ -5,6 +5,7 @@ The tree::
     GatewayError                       500
     ├── BadRequest                     400  malformed query, UID, date, number ...
     ├── NotFound                       404
+    ├── NotAcceptable                  406  no media type the client accepts
     └── UpstreamError                  502  the PACS misbehaved
         ├── UpstreamUnavailable        502  connection refused or association rejected
         ├── UpstreamFailureStatus      502  a DIMSE failure status (carries it)
@@ -19,6 +20,7 @@ from __future__ import annotations
 __all__ = [
     "BadRequest",
     "GatewayError",
+    "NotAcceptable",
     "NotFound",
     "PoolExhausted",
     "UpstreamError",
@@ -56,6 +58,13 @@ class NotFound(GatewayError):
 
     status_code = 404
     title = "Not found"
+
+
+class NotAcceptable(GatewayError):
+    """The client accepts no media type the resource can be answered in."""
+
+    status_code = 406
+    title = "Not acceptable"
 
 
 class UpstreamError(GatewayError):

@@ -171,6 +171,8 @@ class Settings:
     ae_title: str = "GATEWAY"
     store_port: int = 11113
     base_path: str = "/dicom-web"
+    public_url: str = ""
+    """Scheme, host and port clients reach the gateway at (behind a reverse proxy); empty: the Host header."""
     cors_origins: tuple[str, ...] = ()
     max_results: int = 0
     """Most results one QIDO-RS answer carries; 0 means no limit (the answer is streamed)."""
@@ -198,6 +200,8 @@ class Settings:
             raise ConfigError("gateway.port and gateway.store_port must be TCP ports")
         if not self.base_path.startswith("/") or self.base_path.endswith("/"):
             raise ConfigError(f"gateway.base_path: {self.base_path!r} must start with '/' and not end with one")
+        if self.public_url and (not re.match(r"^https?://[^/]+$", self.public_url)):
+            raise ConfigError(f"gateway.public_url: {self.public_url!r} is not scheme://host[:port] (no path)")
         if self.max_results < 0 or self.prefetch_results < 1 or not 1 <= self.fanout_concurrency <= 64:
             raise ConfigError("gateway.max_results >= 0, prefetch_results >= 1, 1 <= fanout_concurrency <= 64")
         if self.cache_max_bytes < 0 or not 0 <= self.cache_ttl <= 86400:

@@ -28,7 +28,7 @@ from types import TracebackType
 
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 __all__ = ["DcmqrscpPacs", "LocalPacs", "OrthancPacs", "QrscpPacs", "free_port"]
@@ -50,6 +50,11 @@ def _require(binary: str) -> str:
     if found is None:
         raise RuntimeError(f"{binary} is not installed: run scripts/install-upstreams (Debian packages orthanc, dcmtk)")
     return found
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    return UID(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else ExplicitVRLittleEndian
 
 
 class LocalPacs:
@@ -173,8 +178,10 @@ class LocalPacs:
             return 0
         ae = AE(ae_title="LOADER")
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        for sop_class in sorted({ds.SOPClassUID for ds in pending}):
-            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        # Uncompressed instances may go in either syntax; compressed ones only as they are.
+        for sop_class, syntax in sorted({(ds.SOPClassUID, _transfer_syntax(ds)) for ds in pending}):
+            syntaxes = [syntax] if syntax.is_compressed else [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+            ae.add_requested_context(sop_class, syntaxes)
         assoc = ae.associate(self.host, self.port, ae_title=self.ae_title)
         if not assoc.is_established:
             raise RuntimeError(f"cannot associate with {self.kind} at {self.upstream}")

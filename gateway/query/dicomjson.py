@@ -5,13 +5,18 @@ numbers, ``vr`` on every element). This module adds what a gateway needs on top:
 PACS sends slightly malformed (trailing NULs on UIDs, unparsable numbers) are repaired or kept as
 strings instead of failing the whole answer, and elements private to the DIMSE exchange are left
 out.
+
+Instance metadata (WADO-RS) adds one thing: a :data:`BulkDataHandler` that moves binary and
+large values out of line. It is given each element with its tag path (``"00540016/0/00181079"``:
+the tags from the top-level dataset down, with the 0-based item index after each sequence), and
+elements read with ``defer_size`` stay unread.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeAlias
 
 import orjson
 from pydicom.datadict import dictionary_VR
@@ -19,9 +24,12 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-__all__ = ["dataset_to_json", "empty_elements", "encode_json"]
+__all__ = ["BulkDataHandler", "dataset_to_json", "empty_elements", "encode_json"]
 
 logger = logging.getLogger(__name__)
+
+BulkDataHandler: TypeAlias = Callable[[str, DataElement | RawDataElement], dict[str, Any] | None]
+"""Given an element's tag path and the element, its JSON when it goes out of line, else None."""
 
 # Meaningful only inside the DIMSE exchange: the JSON model is always UTF-8, and the level and
 # retrieve AE title describe the PACS, not the gateway that answers.
@@ -55,12 +63,12 @@ def _decoded_to_json(element: DataElement) -> dict[str, Any] | None:
     return {"vr": vr, "Value": values}
 
 
-def _element_to_json(element: DataElement) -> dict[str, Any]:
+def _element_to_json(element: DataElement, bulk_data: BulkDataHandler | None, path: str) -> dict[str, Any]:
     fast = _decoded_to_json(element)
     if fast is not None:
         return fast
     if element.VR == "SQ":
-        items = [dataset_to_json(item) for item in element.value]
+        items = [_to_json(item, None, bulk_data, f"{path}/{index}/") for index, item in enumerate(element.value)]
         return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
     if element.VR == "UI" and isinstance(element.value, str):
         element = DataElement(element.tag, "UI", element.value.rstrip("\x00 "))
@@ -108,9 +116,9 @@ def _codec(dataset: Dataset) -> str | None:
 def _raw_to_json(element: RawDataElement, codec: str) -> dict[str, Any] | None:
     """DICOM JSON for an undecoded string or number element, or None to let pydicom do it."""
     vr = element.VR
-    if vr is None or element.length == 0xFFFFFFFF:
-        return None
     raw = element.value
+    if vr is None or element.length == 0xFFFFFFFF or (raw is None and element.length):  # last: a deferred value
+        return None
     if not raw:
         return {"vr": vr}
     if vr in _TEXT_VRS:
@@ -145,7 +153,9 @@ def _number(vr: str, text: str) -> int | float | None:
     return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
 
 
-def dataset_to_json(dataset: Dataset, *, keep: frozenset[int] | None = None) -> dict[str, Any]:
+def dataset_to_json(
+    dataset: Dataset, *, keep: frozenset[int] | None = None, bulk_data: BulkDataHandler | None = None
+) -> dict[str, Any]:
     """Convert `dataset` to a DICOM JSON object with its tags in ascending order.
 
     Parameters
@@ -154,15 +164,31 @@ def dataset_to_json(dataset: Dataset, *, keep: frozenset[int] | None = None) -> 
         A C-FIND response identifier or any other dataset.
     keep : frozenset of int, optional
         When given, only these top-level tags are converted.
+    bulk_data : BulkDataHandler, optional
+        Asked first about every element, in sequence items too; what it answers replaces the
+        element's usual conversion (PS3.18 F.2.6 BulkDataURI, F.2.7 InlineBinary).
     """
+    return _to_json(dataset, keep, bulk_data, "")
+
+
+def _to_json(
+    dataset: Dataset, keep: frozenset[int] | None, bulk_data: BulkDataHandler | None, prefix: str
+) -> dict[str, Any]:
     result: dict[str, Any] = {}
     codec = _codec(dataset)
-    for element in sorted(dataset.elements(), key=lambda e: e.tag):
-        tag_value = int(element.tag)
-        if tag_value in _DIMSE_ONLY or element.tag.element == 0 or (keep is not None and tag_value not in keep):
+    for tag in sorted(dataset.keys()):
+        tag_value = int(tag)
+        if tag_value in _DIMSE_ONLY or tag.element == 0 or (keep is not None and tag_value not in keep):
             continue
-        fast = _raw_to_json(element, codec) if codec and isinstance(element, RawDataElement) else None
-        result[f"{tag_value:08X}"] = fast if fast is not None else _element_to_json(_converted(dataset, element))
+        # keep_deferred: a value left on disk by dcmread(defer_size=...) is not read here.
+        element = dataset.get_item(tag, keep_deferred=True)
+        key = f"{tag_value:08X}"
+        json = bulk_data(prefix + key, element) if bulk_data is not None else None
+        if json is None and codec and isinstance(element, RawDataElement):
+            json = _raw_to_json(element, codec)
+        if json is None:
+            json = _element_to_json(_converted(dataset, element), bulk_data, prefix + key)
+        result[key] = json
     return result
 
 

@@ -18,6 +18,7 @@ then served from these files.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -86,6 +87,7 @@ class InstanceCache:
     _entries: OrderedDict[str, CachedInstance] = field(default_factory=OrderedDict, repr=False)
     _series: dict[tuple[str, str], _Series] = field(default_factory=dict, repr=False)
     _bytes: int = 0
+    _copies: itertools.count[int] = field(default_factory=itertools.count, repr=False)
     counters: _Counters = field(default_factory=_Counters)
 
     def __post_init__(self) -> None:
@@ -123,9 +125,9 @@ class InstanceCache:
             received.unlink(missing_ok=True)
             raise NotAnInstance("the instance lacks a study, series or SOP instance UID, or a transfer syntax")
         study, series, sop, sop_class = uids
-        path = self.directory / "instances" / f"{_file_name(sop)}.dcm"
+        # A name of its own for every copy: a reader of an earlier copy keeps reading that one.
+        path = self.directory / "instances" / f"{_file_name(sop)}-{next(self._copies)}.dcm"
         size = received.stat().st_size
-        _delete(_sidecars(path))  # derived from an earlier copy of this instance
         try:
             os.replace(received, path)
         except OSError:  # another file system: copy, then rename within ours
@@ -135,13 +137,11 @@ class InstanceCache:
         entry = CachedInstance(study, series, sop, sop_class, transfer_syntax, path, size, pins=1)
         with self._lock:
             previous = self._entries.pop(sop, None)
-            if previous is not None:
-                previous.gone = True
-                self._bytes -= previous.size
+            doomed = self._drop(previous) if previous is not None else []
             self._entries[sop] = entry
             self._bytes += size
             self.counters.admitted += 1
-            doomed = self._evict()
+            doomed += self._evict()
         _delete(doomed)
         return entry
 
@@ -180,7 +180,8 @@ class InstanceCache:
         """Unpin an instance handed out by :meth:`admit`, :meth:`acquire` or :meth:`acquire_series`."""
         with self._lock:
             entry.pins -= 1
-            doomed = self._evict()
+            # A copy dropped while it was being read goes once its last reader is done.
+            doomed = _files(entry) if entry.gone and entry.pins == 0 else self._evict()
         _delete(doomed)
 
     def mark_series_complete(self, study_uid: str, series_uid: str, members: Iterable[str]) -> None:
@@ -195,11 +196,8 @@ class InstanceCache:
             entry = self._entries.pop(sop_instance_uid, None)
             doomed: list[Path] = []
             if entry is not None:
-                entry.gone = True
-                self._bytes -= entry.size
+                doomed = self._drop(entry)
                 self.counters.forgotten += 1
-                doomed = [entry.path, *_sidecars(entry.path)]
-        # A replaced file may be open for reading: unlinking keeps the reader's copy alive.
         _delete(doomed)
 
     def sidecar(self, entry: CachedInstance, suffix: str, build: Callable[[Path], bytes]) -> bytes:
@@ -233,11 +231,16 @@ class InstanceCache:
             if entry.pins > 0:
                 continue
             del self._entries[sop]
-            entry.gone = True
-            self._bytes -= entry.size
+            doomed += self._drop(entry)
             self.counters.evicted += 1
-            doomed += [entry.path, *_sidecars(entry.path)]
         return doomed
+
+    def _drop(self, entry: CachedInstance) -> list[Path]:
+        # Called with the lock held, for an entry just taken out of the index: the files to delete
+        # now, or none if it is being read (then :meth:`release` deletes them).
+        entry.gone = True
+        self._bytes -= entry.size
+        return _files(entry) if entry.pins == 0 else []
 
 
 def _file_name(sop_instance_uid: str) -> str:
@@ -246,8 +249,9 @@ def _file_name(sop_instance_uid: str) -> str:
     return hashlib.sha1(sop_instance_uid.encode(), usedforsecurity=False).hexdigest()
 
 
-def _sidecars(path: Path) -> list[Path]:
-    return [path.with_suffix(".json")]
+def _files(entry: CachedInstance) -> list[Path]:
+    """The instance file and the files derived from it."""
+    return [entry.path, entry.path.with_suffix(".json")]
 
 
 def _delete(paths: list[Path]) -> None:

@@ -19,13 +19,11 @@ class MultipartWriter:
         """The body's Content-Type header value."""
         return f'multipart/related; type="{self.part_type}"; boundary={self.boundary}'
 
-    def part_header(self, length: int, *, content_type: str | None = None, location: str | None = None) -> bytes:
-        """The delimiter and headers that open a part of `length` bytes."""
-        lines = [
-            f"--{self.boundary}",
-            f"Content-Type: {content_type or self.part_type}",
-            f"Content-Length: {length}",
-        ]
+    def part_header(self, length: int | None, *, content_type: str | None = None, location: str | None = None) -> bytes:
+        """The delimiter and headers that open a part of `length` bytes (None: not known yet)."""
+        lines = [f"--{self.boundary}", f"Content-Type: {content_type or self.part_type}"]
+        if length is not None:
+            lines.append(f"Content-Length: {length}")
         if location:
             lines.append(f"Content-Location: {location}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")

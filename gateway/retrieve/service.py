@@ -116,6 +116,27 @@ class RetrieveService:
             break
         return found
 
+    async def series_of_study(self, study: str) -> list[str]:
+        """The series UIDs of a study, in SeriesNumber order, by C-FIND (hierarchical: any PACS answers)."""
+        return await self._children(Target(study), "SERIES", "SeriesInstanceUID", "SeriesNumber")
+
+    async def instances_of_series(self, study: str, series: str) -> list[str]:
+        """The SOP instance UIDs of a series, in InstanceNumber order, by C-FIND."""
+        return await self._children(Target(study, series), "IMAGE", "SOPInstanceUID", "InstanceNumber")
+
+    async def _children(self, parent: Target, level: str, key: str, order: str) -> list[str]:
+        identifier = parent.identifier()
+        identifier.QueryRetrieveLevel = level
+        setattr(identifier, key, "")
+        setattr(identifier, order, None)
+        found: dict[str, float] = {}
+        async for answer in self.finder.find(identifier):
+            uid = str(answer.get(key, "")).rstrip("\x00 ")
+            number = answer.get(order)
+            if uid:
+                found.setdefault(uid, float(number) if number not in (None, "") else float("inf"))
+        return sorted(found, key=lambda uid: found[uid])
+
     async def series(self, study: str, series: str) -> list[CachedInstance]:
         """Every instance of a series, pinned (release each with ``cache.release``).
 
@@ -156,6 +177,24 @@ class RetrieveService:
         else:
             logger.warning("%s: retrieved %d instances, some failed; not cached as complete", target, len(received))
         return received
+
+    async def instances(self, target: Target) -> list[CachedInstance]:
+        """Every instance `target` names, pinned, through the cache: a study series by series."""
+        if target.instance is not None:
+            return [await self.instance(target)]
+        if target.series is not None:
+            return await self.series(target.study, target.series)
+        entries: list[CachedInstance] = []
+        try:
+            for series in await self.series_of_study(target.study):
+                entries += await self.series(target.study, series)
+        except BaseException:
+            for entry in entries:
+                self.cache.release(entry)
+            raise
+        if not entries:
+            raise NotFound(f"the PACS has no {target}")
+        return entries
 
     async def instance(self, target: Target) -> CachedInstance:
         """One instance, pinned: from the cache, else retrieved alone (never its whole series)."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from gateway.errors import GatewayError
+from gateway.errors import NotAcceptable
 from gateway.upstreams import Upstream
 
 __all__ = ["DICOM_JSON", "NotAcceptable", "ServiceRoot", "require_json_accept"]
@@ -15,23 +15,33 @@ DICOM_JSON = "application/dicom+json"
 _JSON_TYPES = frozenset({DICOM_JSON, "application/json", "*/*", "application/*"})
 
 
-class NotAcceptable(GatewayError):
-    """The client accepts no media type the resource can be answered in."""
-
-    status_code = 406
-    title = "Not acceptable"
-
-
 @dataclass(frozen=True)
 class ServiceRoot:
-    """A DICOMweb service root (``/dicom-web`` or ``/dicom-web/upstreams/NAME``) and its PACS."""
+    """A DICOMweb service root (``/dicom-web`` or ``/dicom-web/upstreams/NAME``) and its PACS.
+
+    `public_url`, when configured, is where clients reach the gateway (``https://pacs.example.org``
+    behind a reverse proxy); URLs in answers (RetrieveURL, BulkDataURI) are built on it.
+    """
 
     path: str
     upstream: Upstream
+    public_url: str = ""
 
     def root_url(self, request: Request) -> str:
         """The absolute URL of this service root, as the client reached it."""
-        return f"{request.url.scheme}://{request.url.netloc}{self.path}"
+        if self.public_url:
+            return self.public_url + self.path
+        netloc = request.url.netloc
+        server = request.scope.get("server")
+        # dicomweb-client sends "Host: 127.0.0.1" without the port it connected to. A Host that
+        # names no port while the gateway listens on a non-default one, with no proxy headers,
+        # is such a client: name the port, or every URL in the answer would point at port 80.
+        forwarded = any(h in request.headers for h in ("forwarded", "x-forwarded-host", "x-forwarded-proto"))
+        if server and ":" not in netloc.rsplit("]", 1)[-1] and not forwarded:
+            port = server[1]
+            if port != {"http": 80, "https": 443}.get(request.url.scheme):
+                netloc = f"{netloc}:{port}"
+        return f"{request.url.scheme}://{netloc}{self.path}"
 
 
 def require_json_accept(request: Request) -> None:

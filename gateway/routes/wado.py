@@ -19,11 +19,11 @@ from gateway.dimse.transfer import Transfer
 from gateway.errors import BadRequest, GatewayError
 from gateway.query.params import parse_uid
 from gateway.retrieve.cache import CachedInstance, InstanceCache
-from gateway.retrieve.media import AS_STORED, DicomRendition, negotiate_instances
 from gateway.retrieve.multipart import MultipartWriter
 from gateway.retrieve.service import Target, partial_warning
 from gateway.retrieve.transcode import TranscodeError, to_explicit_little_endian
 from gateway.routes.common import ServiceRoot
+from gateway.wado.instances import AS_STORED, DicomRendition, negotiate_instances
 
 __all__ = ["parse_target", "retrieve_instances"]
 
@@ -128,9 +128,12 @@ async def _part(
     if rendition.transfer_syntax in (AS_STORED, entry.transfer_syntax):
         content_type = f"application/dicom; transfer-syntax={entry.transfer_syntax}"
         yield writer.part_header(entry.size, content_type=content_type, location=location)
-        with open(entry.path, "rb") as file:
-            while chunk := await anyio.to_thread.run_sync(file.read, _CHUNK):
-                yield chunk
+        if entry.size <= _CHUNK:  # most instances: one read, one hop to a worker thread
+            yield await anyio.to_thread.run_sync(entry.path.read_bytes)
+        else:
+            with open(entry.path, "rb") as file:
+                while chunk := await anyio.to_thread.run_sync(file.read, _CHUNK):
+                    yield chunk
     else:
         data = await anyio.to_thread.run_sync(to_explicit_little_endian, entry.path)
         content_type = f"application/dicom; transfer-syntax={rendition.transfer_syntax}"

@@ -52,7 +52,7 @@ def _app_operations(app: Starlette, settings: Settings) -> set[tuple[str, str]]:
     operations: set[tuple[str, str]] = set()
     for route in app.routes:
         assert isinstance(route, Route), f"{route!r} is not a plain Route; teach this test about it"
-        path = route.path
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # Starlette's {name:path} is OpenAPI's {name}
         for upstream in settings.upstreams:
             prefix = named_root + upstream.name + "/"
             if path.startswith(prefix):
