@@ -495,6 +495,10 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+GATEWAY_LOG_PROBLEMS: list[str] = []
+"""Warnings and errors the gateway processes logged, for the report."""
+
+
 class Gateway:
     """The gateway's CLI in its own process, with an empty cache, watched through /proc."""
 
@@ -506,9 +510,6 @@ class Gateway:
         self.workdir = workdir
         self.cache_dir = Path(tempfile.mkdtemp(prefix=f"cache-{retrieve}-", dir=workdir))
         self.log_path = workdir / f"gateway-{retrieve}-{self.port}.log"
-        # The cache directory has no flag; ``[gateway] cache_dir`` in a configuration file sets it.
-        self.config_path = workdir / f"gateway-{retrieve}-{self.port}.toml"
-        self.config_path.write_text(f"[gateway]\ncache_dir = {json.dumps(str(self.cache_dir))}\n")
         self.command = [
             str(Path(sys.executable).with_name("dicomweb-gateway")),
             "serve",
@@ -526,8 +527,8 @@ class Gateway:
             str(store_port),
             "--log-level",
             "warning",
-            "--config",
-            str(self.config_path),
+            "--cache-dir",
+            str(self.cache_dir),
         ]
         self.process: subprocess.Popen[bytes] | None = None
         self._peak_rss_kb = 0
@@ -551,14 +552,17 @@ class Gateway:
     def __exit__(self, *exc_info: object) -> None:
         self._sampling.clear()
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        with contextlib.suppress(OSError):
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if " WARNING " in line or " ERROR " in line or "Traceback" in line:
+                    GATEWAY_LOG_PROBLEMS.append(f"{self.log_path.name}: {line[:300]}")
 
     @property
     def pid(self) -> int:
@@ -857,6 +861,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         results["viewer"] = viewer
         print("  measured the viewer passes", file=sys.stderr, flush=True)
     results["load_average_after"] = os.getloadavg()
+    results["gateway_log_problems"] = GATEWAY_LOG_PROBLEMS
     return results
 
 
@@ -996,6 +1001,9 @@ def report(results: dict[str, Any]) -> str:
                 f"({cold['frames_per_s']:.0f} -> {warm['frames_per_s']:.0f} frames/s); peak RSS "
                 f"{warm['vmhwm_mb']:.0f} MB"
             )
+    problems = results.get("gateway_log_problems", [])
+    if problems:
+        lines.append(f"- the gateway logged {len(problems)} warnings or errors; the first: {problems[0]}")
     for name, failures in results.get("failures", {}).items():
         failure = failures[-1]
         what = f"HTTP {failure['status']}: {failure['body'][:160]}" if "status" in failure else failure["error"][:300]
