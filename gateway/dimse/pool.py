@@ -100,6 +100,7 @@ class AssociationPool:
         self._destroyed = 0
         self._failed_opens = 0
         self._closed = False
+        self._warming: anyio.Event | None = None
 
     async def acquire(self) -> PooledAssociation:
         """Get an association for one operation.
@@ -126,6 +127,8 @@ class AssociationPool:
                 upstream=self.settings.name,
             )
         try:
+            if not self._idle and self._warming is not None:
+                await self._warming.wait()  # the association being opened ahead of need is for us
             conn = await self._take_idle() or await self._open_new()
         except BaseException:
             self._slots.release()
@@ -151,6 +154,33 @@ class AssociationPool:
             raise
         self._opened += 1
         return PooledAssociation(assoc)
+
+    async def warm(self) -> None:
+        """Open one association ahead of need, when none is open; a failure is only logged.
+
+        For associations that are slow to negotiate (a C-GET's 120 storage contexts take over
+        100 ms), so that the next request does not wait for that.
+        """
+        if self._closed or self._idle or self._in_use:
+            return
+        try:
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            return
+        self._warming = warming = anyio.Event()
+        try:
+            conn = await self._open_new()
+        except (UpstreamUnavailable, UpstreamTimeout, PoolExhausted) as exc:
+            logger.info("upstream %s: could not open an association ahead of need: %s", self.settings.name, exc)
+            return
+        finally:
+            self._slots.release()
+            self._warming = None
+            warming.set()
+        if self._closed:
+            await self._close(conn, True)
+        else:
+            self._idle.append(conn)
 
     def release(self, conn: PooledAssociation) -> None:
         """Give back an association whose last operation ended with a final status."""
@@ -188,9 +218,19 @@ class AssociationPool:
                     tasks.start_soon(self._close, conn, True)
         for conn in list(self._in_use):
             conn.assoc.abort(block=False)
-            # pynetdicom does not wake an operation waiting for a response when the abort is ours:
-            # without this, it would sit out its whole dimse_timeout before seeing it.
+            threading.Thread(target=self._wake_operation, args=(conn,), name="assoc-wake", daemon=True).start()
+
+    def _wake_operation(self, conn: PooledAssociation) -> None:
+        """Wake the operation still waiting for a response on an association we aborted.
+
+        pynetdicom does not: it would sit out its whole dimse_timeout. The "no response" marker
+        must be queued more than once, because the abort restarts the association's own reactor,
+        which empties the queue until it notices the abort.
+        """
+        deadline = time.monotonic() + self.settings.acse_timeout
+        while conn in self._in_use and time.monotonic() < deadline:
             conn.assoc.dimse.msg_queue.put((None, None))
+            time.sleep(0.05)
 
     def stats(self) -> PoolStats:
         """A snapshot of the pool's counters."""

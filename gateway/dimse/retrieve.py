@@ -92,6 +92,8 @@ class RetrieveClient:
     async def __aenter__(self) -> RetrieveClient:
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
+        if self.method == "get":
+            self._tasks.start_soon(self.pool.warm)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -147,6 +149,8 @@ class RetrieveClient:
                     return
                 pool.destroy(conn)
                 if outcome == "cancelled":
+                    if pool is self.pool and self._tasks is not None:
+                        self._tasks.start_soon(pool.warm)  # a viewer that cancels one retrieve often asks again
                     return
                 # A pooled association the PACS dropped while idle: retry once on a new one.
                 if outcome == "aborted" and conn.reused and transfer.received == 0 and attempt == 1:

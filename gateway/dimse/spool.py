@@ -10,6 +10,7 @@ bounded because results beyond `memory_items` are pickled to a temporary file.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import struct
@@ -20,8 +21,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
 
 __all__ = ["ResultSpool"]
 
@@ -48,7 +47,7 @@ class ResultSpool:
         self._error: BaseException | None = None
         self._waiting = False
         self._wakeup = anyio.Event()
-        self._token = anyio.lowlevel.current_token()
+        self._loop = asyncio.get_running_loop()  # the gateway runs on asyncio (uvicorn)
         self._loop_thread = threading.get_ident()
         self.cancelled = threading.Event()
         self.count = 0
@@ -103,11 +102,13 @@ class ResultSpool:
     def _notify(self) -> None:
         if threading.get_ident() == self._loop_thread:
             self._wakeup.set()
-        else:
-            try:
-                anyio.from_thread.run_sync(self._wakeup.set, token=self._token)
-            except RuntimeError:  # the event loop is gone (shutdown); nobody is waiting any more
-                pass
+            return
+        # Never wait for the event loop here: the producer is a DIMSE thread whose next answer
+        # (a C-STORE response, say) the PACS is waiting for, while the loop may be busy sending.
+        try:
+            self._loop.call_soon_threadsafe(self._wakeup.set)
+        except RuntimeError:  # the event loop is gone (shutdown); nobody is waiting any more
+            pass
 
     def _take(self) -> tuple[bool, Any]:
         with self._lock:

@@ -1,9 +1,10 @@
 """One retrieve (C-GET or C-MOVE): the instances it brings in, and how it ended.
 
 The DIMSE side runs in worker threads: instances arrive through :meth:`Transfer.receive` (on
-the C-GET association itself, or on the storage SCP's association for a C-MOVE), are moved into
-the :class:`~gateway.retrieve.cache.InstanceCache` and queued, pinned, for the HTTP side, which
-iterates them as they come. Memory holds only the queue of small records, never the instances.
+the C-GET association itself, or on the storage SCP's association for a C-MOVE), are moved next
+to the :class:`~gateway.retrieve.cache.InstanceCache` and queued for the HTTP side, which admits
+them into the cache and iterates them as they come. Memory holds only the queue of paths, never
+the instances.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio.to_thread
 from pydicom.dataset import Dataset
 
 from gateway.dimse.spool import ResultSpool
@@ -24,7 +26,6 @@ __all__ = ["SubOperations", "Transfer"]
 logger = logging.getLogger(__name__)
 
 _STORE_SUCCESS = 0x0000
-_STORE_CANNOT_UNDERSTAND = 0xC000
 
 
 @dataclass
@@ -79,16 +80,15 @@ class Transfer:
         return self._spool.cancelled.is_set()
 
     def receive(self, path: Path) -> int:
-        """Take one received Part 10 file (blocking; DIMSE thread); returns the C-STORE status."""
-        try:
-            entry = self.cache.admit(path)
-        except NotAnInstance as exc:
-            self.rejected += 1
-            logger.warning("%s: refused an instance: %s", self.description, exc)
-            return _STORE_CANNOT_UNDERSTAND
+        """Take one received Part 10 file (blocking; DIMSE thread); returns the C-STORE status.
+
+        Only moves the file into the cache's staging area: the PACS waits for this answer before
+        it sends the next instance, so reading the file's header is left to the consumer.
+        """
+        staged = self.cache.stage(path)
         self.received += 1
-        if not self._spool.put(entry):
-            self.cache.release(entry)
+        if not self._spool.put(staged):
+            staged.unlink(missing_ok=True)
         return _STORE_SUCCESS
 
     def finish(self, error: BaseException | None = None) -> None:
@@ -96,14 +96,21 @@ class Transfer:
         self._spool.finish(error)
 
     def cancel(self) -> None:
-        """Stop: the consumer is gone. Instances received but not yet taken are unpinned."""
-        for entry in self._spool.cancel():
-            self.cache.release(entry)
+        """Stop: the consumer is gone. Instances received but not yet taken are deleted."""
+        for staged in self._spool.cancel():
+            staged.unlink(missing_ok=True)
 
     async def __aiter__(self) -> AsyncIterator[CachedInstance]:
         """Each instance as it arrives, pinned: the consumer releases it with ``cache.release``.
 
+        A received file that is not a DICOM instance is counted in :attr:`rejected` and skipped.
         Raises the operation's error, if any, after the last instance.
         """
-        async for entry in self._spool:
+        async for staged in self._spool:
+            try:
+                entry = await anyio.to_thread.run_sync(self.cache.admit, staged)
+            except NotAnInstance as exc:
+                self.rejected += 1
+                logger.warning("%s: received a file that is not a DICOM instance: %s", self.description, exc)
+                continue
             yield entry

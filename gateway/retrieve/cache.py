@@ -30,15 +30,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag
 
 __all__ = ["CachedInstance", "InstanceCache", "NotAnInstance"]
 
 logger = logging.getLogger(__name__)
 
 _SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
-_HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
+_HEADER_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+_HEADER_TAGS: list[BaseTag | int] = [0x0020000D, 0x0020000E, 0x00080018, 0x00080016]
 
 
 class NotAnInstance(ValueError):
@@ -92,9 +94,9 @@ class InstanceCache:
 
     def __post_init__(self) -> None:
         # What an earlier process left here is unknown to the index: start empty.
-        if self.directory.exists():
-            shutil.rmtree(self.directory / "instances", ignore_errors=True)
-        (self.directory / "instances").mkdir(parents=True, exist_ok=True)
+        for folder in ("instances", "incoming"):
+            shutil.rmtree(self.directory / folder, ignore_errors=True)
+            (self.directory / folder).mkdir(parents=True, exist_ok=True)
 
     @property
     def size(self) -> int:
@@ -104,10 +106,20 @@ class InstanceCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def admit(self, received: Path) -> CachedInstance:
-        """Move a just-received Part 10 file into the cache; returns it pinned.
+    def stage(self, received: Path) -> Path:
+        """Move a just-received file beside the cache, to be admitted later (one rename).
 
-        Blocking (reads the file's header); called from the threads that receive instances.
+        Called by the threads that receive instances, while the PACS waits for the C-STORE
+        response: reading the header is left to :meth:`admit`, off that path.
+        """
+        staged = self.directory / "incoming" / f"{next(self._copies)}.dcm"
+        _move(received, staged)
+        return staged
+
+    def admit(self, received: Path) -> CachedInstance:
+        """Move a received (or staged) Part 10 file into the cache; returns it pinned.
+
+        Blocking: reads the file's header.
 
         Raises
         ------
@@ -115,8 +127,10 @@ class InstanceCache:
             The file is not DICOM or lacks a study, series or instance UID. It is deleted.
         """
         try:
-            header = dcmread(received, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-            uids = [str(header.get(keyword, "")).strip("\x00 ") for keyword in _HEADER_TAGS]
+            with received.open("rb") as file:
+                # The UIDs are all at or before (0020,000E): reading stops there.
+                header = read_partial(file, stop_when=_past_series_uid, specific_tags=_HEADER_TAGS)
+            uids = [str(header.get(keyword, "")).strip("\x00 ") for keyword in _HEADER_KEYWORDS]
             transfer_syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             received.unlink(missing_ok=True)
@@ -128,12 +142,7 @@ class InstanceCache:
         # A name of its own for every copy: a reader of an earlier copy keeps reading that one.
         path = self.directory / "instances" / f"{_file_name(sop)}-{next(self._copies)}.dcm"
         size = received.stat().st_size
-        try:
-            os.replace(received, path)
-        except OSError:  # another file system: copy, then rename within ours
-            staging = path.with_suffix(".partial")
-            shutil.move(received, staging)
-            os.replace(staging, path)
+        _move(received, path)
         entry = CachedInstance(study, series, sop, sop_class, transfer_syntax, path, size, pins=1)
         with self._lock:
             previous = self._entries.pop(sop, None)
@@ -247,6 +256,19 @@ def _file_name(sop_instance_uid: str) -> str:
     if _SAFE_UID.match(sop_instance_uid):
         return sop_instance_uid
     return hashlib.sha1(sop_instance_uid.encode(), usedforsecurity=False).hexdigest()
+
+
+def _past_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return bool(tag > 0x0020000E)
+
+
+def _move(source: Path, target: Path) -> None:
+    try:
+        os.replace(source, target)
+    except OSError:  # another file system: copy, then rename within ours
+        staging = target.with_suffix(".partial")
+        shutil.move(source, staging)
+        os.replace(staging, target)
 
 
 def _files(entry: CachedInstance) -> list[Path]:

@@ -218,7 +218,7 @@ def test_parallel_stores_stay_within_the_storage_pool() -> None:
         pools = [pool for pool in health["pools"] if pool["kind"] == "store"]
     assert first.status_code == second.status_code == 200
     assert len(pacs.stored) == 12
-    assert pacs.associations <= 3  # reused by the second request
+    assert pacs.associations <= 3 + 1  # reused by the second request; +1: the C-GET pool's attempt to warm up
     assert pools[0]["in_use"] == 0 and pools[0]["total"] <= 3
 
 
