@@ -13,6 +13,7 @@ Each is a context manager; every wait has a timeout and :meth:`LocalPacs.stop` n
 from __future__ import annotations
 
 import configparser
+import ctypes
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ __all__ = ["DcmqrscpPacs", "LocalPacs", "OrthancPacs", "QrscpPacs", "free_port"]
 _HOST = "127.0.0.1"
 _ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 _VERIFICATION = "1.2.840.10008.1.1"
+_PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -50,6 +52,19 @@ def _require(binary: str) -> str:
     if found is None:
         raise RuntimeError(f"{binary} is not installed: run scripts/install-upstreams (Debian packages orthanc, dcmtk)")
     return found
+
+
+def _die_with_parent() -> None:
+    """In the child: be terminated when its starter dies, however it dies.
+
+    Strictly, when the thread that started it ends: every launcher here starts its PACS from the
+    main thread.
+
+    A SIGTERM to the demo ends it without running its clean-up (uvicorn re-raises the signal
+    once it has shut down), which would otherwise leave the PACS running.
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
@@ -111,7 +126,12 @@ class LocalPacs:
         self._prepare()
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                self._command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self._command(),
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:

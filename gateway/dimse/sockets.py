@@ -31,7 +31,7 @@ from pynetdicom.transport import AddressInformation, AssociationSocket
 __all__ = ["SocketProfile", "TunedAE", "install"]
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
-_BULK_WAIT = 0.005  # seconds a bulk association's reactor waits in select before its housekeeping
+_REACTOR_WAIT = 0.005  # seconds a reactor waits in select before its housekeeping (timers, kill flag)
 
 
 class SocketProfile(enum.Enum):
@@ -81,7 +81,7 @@ class _TunedAssociationSocket(AssociationSocket):
         profile = self._profile()
         if client_socket is not None and profile is not None:  # accepted: _create_socket is not called
             client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if profile is SocketProfile.BULK:
+        if profile is not None:
             self._wake_on_send(assoc.dul)
 
     def _wake_on_send(self, dul: Any) -> None:
@@ -89,8 +89,10 @@ class _TunedAssociationSocket(AssociationSocket):
 
         pynetdicom's reactor checks the socket, then sleeps 1 ms when it found nothing. On a bulk
         transfer that millisecond is paid between PDUs and again before each C-STORE response,
-        while the PACS waits for it. Here the reactor does not sleep but waits in :attr:`ready`
-        for the socket or for a primitive to send (the queue's ``put`` wakes it), 5 ms at most.
+        while the PACS waits for it; on a query, before the request leaves. Here the reactor does
+        not sleep but waits in :attr:`ready` for the socket or for a primitive to send (the
+        queue's ``put`` wakes it), 5 ms at most: faster, and an idle association wakes 200 times
+        a second instead of 1,000.
         """
         waker = self._waker = _Waker()
         outgoing = dul.to_provider_queue
@@ -110,7 +112,7 @@ class _TunedAssociationSocket(AssociationSocket):
             return bool(super().ready)
         try:
             connection = self.socket.fileno()
-            readable, _, _ = select.select([connection, waker.fileno], [], [], _BULK_WAIT)
+            readable, _, _ = select.select([connection, waker.fileno], [], [], _REACTOR_WAIT)
         except (OSError, ValueError):
             self.event_queue.put("Evt17")  # the connection is gone, as pynetdicom reports it
             return False
