@@ -334,5 +334,7 @@ def _decoded(path: Path) -> Dataset:
     """
     dataset = dcmread(path)
     if dataset.file_meta.TransferSyntaxUID.is_compressed:
-        dataset.decompress()  # lossless only: proposed_syntaxes offers no other conversion
+        # Lossless only (proposed_syntaxes offers no other conversion), and the same instance: pydicom
+        # would otherwise give it a new SOP Instance UID.
+        dataset.decompress(generate_instance_uid=False)
     return dataset

@@ -32,7 +32,7 @@ def to_explicit_little_endian(path: Path) -> bytes:
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     try:
         if syntax.is_compressed:
-            ds.decompress()
+            ds.decompress(generate_instance_uid=False)  # the same instance, only decoded
         else:
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     except Exception as exc:  # the pixel data plugins raise many kinds of errors

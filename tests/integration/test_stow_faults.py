@@ -13,14 +13,16 @@ from dataclasses import replace
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless
 
 from gateway.settings import load_settings
 from tests.conftest import free_port, live_gateway
 from tests.fakestorage import CT_IMAGE_STORAGE, FakeStoragePacs
+from tests.images import compressed, image, ramp
 
 STUDY = "1.2.826.0.1.77"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -191,6 +193,22 @@ def test_sop_class_and_lossy_syntax_the_pacs_refuses_fail_with_their_reasons() -
     assert response.status_code == 202
     assert values(response.json(), "00081198", "00081197") == [0x0122, 0xC122]
     assert pacs.received == [fine.SOPInstanceUID]
+
+
+def test_lossless_compressed_data_is_decoded_when_the_pacs_takes_only_uncompressed() -> None:
+    rle = compressed(image(ramp(16, 16)), RLELossless)
+    rle.StudyInstanceUID = STUDY
+    expected = rle.pixel_array.copy()
+    with (
+        FakeStoragePacs(sop_classes=(rle.SOPClassUID,), transfer_syntaxes=(ExplicitVRLittleEndian,)) as pacs,
+        gateway(pacs.upstream) as root,
+    ):
+        response = store(root, [rle])
+    assert response.status_code == 200
+    # The same instance, only decoded: same SOP Instance UID, same pixels.
+    received = pacs.stored[rle.SOPInstanceUID]
+    assert received.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert np.array_equal(received.pixel_array, expected)
 
 
 def test_uncompressed_data_is_converted_losslessly_when_the_pacs_wants_another_syntax() -> None:
