@@ -26,14 +26,14 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import harness
 import httpx
 from pynetdicom import AE
 
-from gateway.demo.pacs import DcmqrscpPacs, LocalPacs, OrthancPacs, free_port
+from gateway.demo.pacs import DcmqrscpPacs, LocalPacs, OrthancPacs
 from gateway.demo.samples import generate_sample_studies, iter_sample_datasets
 from gateway.query.attributes import QueryLevel
 from gateway.query.identifier import build_identifier
@@ -131,30 +131,7 @@ def measure(query: Callable[[], int], requests: int, concurrency: int, pid: int 
 
 
 def start_gateway(upstream: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    command = [
-        str(Path(sys.executable).with_name("dicomweb-gateway")),
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--upstream",
-        upstream,
-        "--log-level",
-        "warning",
-    ]
-    log = (workdir / "gateway.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                return process, f"http://127.0.0.1:{port}/dicom-web"
-        except OSError:
-            time.sleep(0.1)
-    process.terminate()
-    raise RuntimeError("the gateway did not start")
+    return harness.start_gateway(["--upstream", upstream, "--log-level", "warning"], workdir / "gateway.log")
 
 
 def measure_legacy(studies: int, requests: int) -> dict[str, dict[str, float]]:

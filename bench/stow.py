@@ -26,14 +26,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import harness
 import httpx
 from pydicom import dcmwrite
 
-from gateway.demo.pacs import OrthancPacs, free_port
+from gateway.demo.pacs import OrthancPacs
 from gateway.demo.samples import iter_ct_volume
 from gateway.dimse import sockets
 from gateway.dimse.sockets import SocketProfile, TunedAE
@@ -92,25 +92,13 @@ def multipart_body(paths: list[Path]) -> Iterator[bytes]:
 
 
 def start_gateway(pacs: OrthancPacs, workdir: Path, concurrency: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
     config = workdir / f"gateway-c{concurrency}.toml"
     config.write_text(
-        f'[gateway]\nhost = "127.0.0.1"\nport = {port}\nlog_level = "warning"\n\n'
+        f'[gateway]\nlog_level = "warning"\n\n'
         f'[upstreams.orthanc]\nae_title = "{pacs.ae_title}"\nhost = "{pacs.host}"\nport = {pacs.port}\n'
         f'profile = "orthanc"\nstore_concurrency = {concurrency}\nmax_store_associations = {concurrency}\n'
     )
-    command = [str(Path(sys.executable).with_name("dicomweb-gateway")), "serve", "--config", str(config)]
-    log = (workdir / f"gateway-c{concurrency}.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                return process, f"http://127.0.0.1:{port}/dicom-web"
-        except OSError:
-            time.sleep(0.1)
-    process.terminate()
-    raise RuntimeError("the gateway did not start")
+    return harness.start_gateway(["--config", str(config)], workdir / f"gateway-c{concurrency}.log")
 
 
 def peak_rss_mb(pid: int) -> float:

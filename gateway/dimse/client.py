@@ -31,7 +31,7 @@ from gateway.dimse.status import CANCEL, PENDING, SUCCESS, failure_for_status, n
 from gateway.errors import GatewayError, PoolExhausted, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.settings import UpstreamSettings
 
-__all__ = ["FIND_MODEL", "MOVE_MODEL", "UpstreamClient", "pause_reactor"]
+__all__ = ["FIND_MODEL", "MOVE_MODEL", "UpstreamClient", "open_association", "pause_reactor"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,42 +117,8 @@ class UpstreamClient:
         ext_neg: Sequence[_UI | SCP_SCU_RoleSelectionNegotiation] = (),
         evt_handlers: list[EventHandlerType] | None = None,
     ) -> Association:
-        """Blocking: establish a new association to this upstream (runs in a worker thread).
-
-        Raises
-        ------
-        PoolExhausted
-            The PACS is busy (rejected-transient).
-        UpstreamUnavailable, UpstreamTimeout
-            Refused, rejected, or not accepted in time.
-        """
-        started = time.monotonic()
-        assoc = ae.associate(
-            self.settings.host,
-            self.settings.port,
-            contexts=contexts,
-            ae_title=self.settings.ae_title,
-            max_pdu=self.settings.max_pdu,
-            ext_neg=list(ext_neg),
-            evt_handlers=evt_handlers,
-        )
-        if assoc.is_established:
-            return assoc
-        where = self.settings.address
-        if assoc.is_rejected:
-            rejection = assoc.acceptor.primitive
-            reason = f"{rejection.result_str}: {rejection.reason_str}" if rejection is not None else "rejected"
-            if rejection is not None and rejection.result == 0x02:
-                # Rejected-transient (PS3.8 §9.3.4): busy, e.g. its association limit is reached.
-                raise PoolExhausted(f"{where} is busy and refused an association ({reason})", upstream=self.name)
-            raise UpstreamUnavailable(
-                f"{where} rejected the association ({reason}; check the AE titles)", upstream=self.name
-            )
-        if time.monotonic() - started >= min(self.settings.connect_timeout, self.settings.acse_timeout) * 0.95:
-            raise UpstreamTimeout(f"{where} did not accept an association in time", upstream=self.name)
-        raise UpstreamUnavailable(
-            f"cannot open an association to {where} (connection refused or aborted)", upstream=self.name
-        )
+        """Blocking: establish a new association to this upstream; see :func:`open_association`."""
+        return open_association(self.settings, ae, contexts, ext_neg=ext_neg, evt_handlers=evt_handlers)
 
     async def echo(self) -> None:
         """C-ECHO over a pooled association; raises :class:`UpstreamError` on failure."""
@@ -260,3 +226,49 @@ class UpstreamClient:
         except RuntimeError:  # "association must be established": the PACS closed it
             return "aborted", 0
         return "aborted", 0
+
+
+def open_association(
+    settings: UpstreamSettings,
+    ae: TunedAE,
+    contexts: list[PresentationContext],
+    *,
+    ext_neg: Sequence[_UI | SCP_SCU_RoleSelectionNegotiation] = (),
+    evt_handlers: list[EventHandlerType] | None = None,
+) -> Association:
+    """Blocking: establish a new association to the upstream of `settings` (runs in a worker thread).
+
+    Raises
+    ------
+    PoolExhausted
+        The PACS is busy (rejected-transient).
+    UpstreamUnavailable, UpstreamTimeout
+        Refused, rejected, or not accepted in time.
+    """
+    started = time.monotonic()
+    assoc = ae.associate(
+        settings.host,
+        settings.port,
+        contexts=contexts,
+        ae_title=settings.ae_title,
+        max_pdu=settings.max_pdu,
+        ext_neg=list(ext_neg),
+        evt_handlers=evt_handlers,
+    )
+    if assoc.is_established:
+        return assoc
+    where = settings.address
+    if assoc.is_rejected:
+        rejection = assoc.acceptor.primitive
+        reason = f"{rejection.result_str}: {rejection.reason_str}" if rejection is not None else "rejected"
+        if rejection is not None and rejection.result == 0x02:
+            # Rejected-transient (PS3.8 §9.3.4): busy, e.g. its association limit is reached.
+            raise PoolExhausted(f"{where} is busy and refused an association ({reason})", upstream=settings.name)
+        raise UpstreamUnavailable(
+            f"{where} rejected the association ({reason}; check the AE titles)", upstream=settings.name
+        )
+    if time.monotonic() - started >= min(settings.connect_timeout, settings.acse_timeout) * 0.95:
+        raise UpstreamTimeout(f"{where} did not accept an association in time", upstream=settings.name)
+    raise UpstreamUnavailable(
+        f"cannot open an association to {where} (connection refused or aborted)", upstream=settings.name
+    )

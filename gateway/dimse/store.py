@@ -51,11 +51,10 @@ from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from gateway.dimse.client import pause_reactor
+from gateway.dimse.client import open_association, pause_reactor
 from gateway.dimse.pool import AssociationPool, PooledAssociation
 from gateway.dimse.sockets import SocketProfile, TunedAE
 from gateway.dimse.status import describe_status
-from gateway.errors import PoolExhausted, UpstreamTimeout, UpstreamUnavailable
 from gateway.settings import UpstreamSettings
 
 __all__ = [
@@ -227,30 +226,7 @@ class StoreClient:
 
     def _open_association(self) -> Association:
         """Blocking: establish an association proposing the known contexts (runs in a worker thread)."""
-        started = time.monotonic()
-        assoc = self._ae.associate(
-            self.settings.host,
-            self.settings.port,
-            contexts=self._known.contexts(),
-            ae_title=self.settings.ae_title,
-            max_pdu=self.settings.max_pdu,
-        )
-        if assoc.is_established:
-            return assoc
-        where = self.settings.address
-        if assoc.is_rejected:
-            rejection = assoc.acceptor.primitive
-            reason = f"{rejection.result_str}: {rejection.reason_str}" if rejection is not None else "rejected"
-            if rejection is not None and rejection.result == 0x02:
-                raise PoolExhausted(f"{where} is busy and refused an association ({reason})", upstream=self.name)
-            raise UpstreamUnavailable(
-                f"{where} rejected the storage association ({reason}; check the AE titles)", upstream=self.name
-            )
-        if time.monotonic() - started >= min(self.settings.connect_timeout, self.settings.acse_timeout) * 0.95:
-            raise UpstreamTimeout(f"{where} did not accept an association in time", upstream=self.name)
-        raise UpstreamUnavailable(
-            f"cannot open a storage association to {where} (connection refused or aborted)", upstream=self.name
-        )
+        return open_association(self.settings, self._ae, self._known.contexts())
 
     async def store(self, path: Path, sop_class: UID, transfer_syntax: UID) -> StoreResult:
         """C-STORE the Part 10 file at `path` (its SOP class and stored transfer syntax given).
