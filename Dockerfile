@@ -1,9 +1,9 @@
 # dicomweb-gateway: DICOMweb (QIDO-RS, WADO-RS, STOW-RS) in front of a DIMSE-only PACS.
 #   docker build -t dicomweb-gateway .
 #   docker run -p 8080:8080 -p 11113:11113 -v "$PWD/gateway.toml:/etc/dicomweb-gateway/gateway.toml:ro" dicomweb-gateway
-# The instance cache lives in /tmp unless the configuration gives cache_dir (mount a volume there).
 # or, without a configuration file:
 #   docker run -p 8080:8080 dicomweb-gateway serve --host 0.0.0.0 --port 8080 --upstream PACS@10.0.0.5:104
+# The instance cache lives in /tmp unless the configuration gives cache_dir (mount a volume there).
 
 # Stage 1: install the project and its dependencies into a virtualenv.
 FROM python:3.11-slim AS build
