@@ -31,7 +31,7 @@ from gateway.dimse.status import CANCEL, PENDING, SUCCESS, failure_for_status, n
 from gateway.errors import GatewayError, PoolExhausted, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.settings import UpstreamSettings
 
-__all__ = ["FIND_MODEL", "MOVE_MODEL", "UpstreamClient", "open_association", "pause_reactor"]
+__all__ = ["FIND_MODEL", "MOVE_MODEL", "UpstreamClient", "open_association", "pause_reactor", "upstream_ae"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,16 @@ def pause_reactor(assoc: Association, timeout: float = 0.005) -> None:
         time.sleep(0.0001)
 
 
+def upstream_ae(settings: UpstreamSettings, ae_title: str, profile: SocketProfile) -> TunedAE:
+    """The gateway's AE for associations to one upstream: its timeouts, the socket `profile`."""
+    ae = TunedAE(ae_title=ae_title, socket_profile=profile)
+    ae.connection_timeout = settings.connect_timeout
+    ae.acse_timeout = settings.acse_timeout
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.network_timeout = settings.network_timeout
+    return ae
+
+
 class UpstreamClient:
     """DIMSE operations on one upstream PACS; use as an async context manager.
 
@@ -77,11 +87,7 @@ class UpstreamClient:
     def __init__(self, settings: UpstreamSettings, calling_ae_title: str, *, fuzzy_matching: bool = False) -> None:
         self.settings = settings
         self.name = settings.name
-        self._ae = TunedAE(ae_title=calling_ae_title, socket_profile=SocketProfile.INTERACTIVE)
-        self._ae.connection_timeout = settings.connect_timeout
-        self._ae.acse_timeout = settings.acse_timeout
-        self._ae.dimse_timeout = settings.dimse_timeout
-        self._ae.network_timeout = settings.network_timeout
+        self._ae = upstream_ae(settings, calling_ae_title, SocketProfile.INTERACTIVE)
         self._contexts = [build_context(model, _TRANSFER_SYNTAXES) for model in (FIND_MODEL, MOVE_MODEL, VERIFICATION)]
         # PS3.4 C.5.1.1.1: relational queries, combined date-time matching, fuzzy matching.
         negotiation = SOPClassExtendedNegotiation()

@@ -28,9 +28,9 @@ from pynetdicom import build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
-from gateway.dimse.client import MOVE_MODEL, UpstreamClient, pause_reactor
+from gateway.dimse.client import MOVE_MODEL, UpstreamClient, pause_reactor, upstream_ae
 from gateway.dimse.pool import AssociationPool, PooledAssociation
-from gateway.dimse.sockets import SocketProfile, TunedAE
+from gateway.dimse.sockets import SocketProfile
 from gateway.dimse.status import CANCEL, PENDING, SUCCESS, no_response_error
 from gateway.dimse.storage import storage_contexts, storage_roles, storage_sop_classes
 from gateway.dimse.transfer import Transfer
@@ -77,11 +77,7 @@ class RetrieveClient:
         self._contexts = [build_context(GET_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
         self._contexts += storage_contexts(sop_classes)
         self._roles = storage_roles(sop_classes)
-        self._ae = TunedAE(ae_title=calling_ae_title, socket_profile=SocketProfile.BULK)
-        self._ae.connection_timeout = settings.connect_timeout
-        self._ae.acse_timeout = settings.acse_timeout
-        self._ae.dimse_timeout = settings.dimse_timeout
-        self._ae.network_timeout = settings.network_timeout
+        self._ae = upstream_ae(settings, calling_ae_title, SocketProfile.BULK)
         # Which transfer each C-GET association is carrying right now, for the C-STORE handler.
         self._receiving: dict[Association, Transfer] = {}
         self._receiving_lock = threading.Lock()

@@ -51,9 +51,9 @@ from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from gateway.dimse.client import open_association, pause_reactor
+from gateway.dimse.client import open_association, pause_reactor, upstream_ae
 from gateway.dimse.pool import AssociationPool, PooledAssociation
-from gateway.dimse.sockets import SocketProfile, TunedAE
+from gateway.dimse.sockets import SocketProfile
 from gateway.dimse.status import describe_status
 from gateway.settings import UpstreamSettings
 
@@ -204,11 +204,7 @@ class StoreClient:
         self.name = settings.name
         # Measured on loopback: 13 ms an instance with quick ACKs after every read, 55-60 ms with
         # default sockets (the C-STORE-RSP waits on a delayed ACK).
-        self._ae = TunedAE(ae_title=calling_ae_title, socket_profile=SocketProfile.INTERACTIVE)
-        self._ae.connection_timeout = settings.connect_timeout
-        self._ae.acse_timeout = settings.acse_timeout
-        self._ae.dimse_timeout = settings.dimse_timeout
-        self._ae.network_timeout = settings.network_timeout
+        self._ae = upstream_ae(settings, calling_ae_title, SocketProfile.INTERACTIVE)
         # Send instances given as a file path straight from the file, in PDU-sized chunks.
         pynetdicom._config.STORE_SEND_CHUNKED_DATASET = True
         self._known = _KnownContexts()
