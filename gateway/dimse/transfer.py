@@ -19,7 +19,8 @@ import anyio.to_thread
 from pydicom.dataset import Dataset
 
 from gateway.dimse.spool import ResultSpool
-from gateway.retrieve.cache import CachedInstance, InstanceCache, NotAnInstance
+from gateway.part10 import NotDicom
+from gateway.retrieve.cache import CachedInstance, InstanceCache
 
 __all__ = ["SubOperations", "Transfer"]
 
@@ -109,7 +110,7 @@ class Transfer:
         async for staged in self._spool:
             try:
                 entry = await anyio.to_thread.run_sync(self.cache.admit, staged)
-            except NotAnInstance as exc:
+            except NotDicom as exc:
                 self.rejected += 1
                 logger.warning("%s: received a file that is not a DICOM instance: %s", self.description, exc)
                 continue

@@ -30,21 +30,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
-from pydicom.tag import BaseTag
+from gateway.part10 import NotDicom, read_instance_header
 
-__all__ = ["CachedInstance", "InstanceCache", "NotAnInstance"]
+__all__ = ["CachedInstance", "InstanceCache"]
 
 logger = logging.getLogger(__name__)
 
 _SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
-_HEADER_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-_HEADER_TAGS: list[BaseTag | int] = [0x0020000D, 0x0020000E, 0x00080018, 0x00080016]
-
-
-class NotAnInstance(ValueError):
-    """A received file is not a DICOM instance with the UIDs the cache needs."""
 
 
 @dataclass(eq=False)
@@ -123,22 +115,16 @@ class InstanceCache:
 
         Raises
         ------
-        NotAnInstance
+        NotDicom
             The file is not DICOM or lacks a study, series or instance UID. It is deleted.
         """
         try:
-            with received.open("rb") as file:
-                # The UIDs are all at or before (0020,000E): reading stops there.
-                header = read_partial(file, stop_when=_past_series_uid, specific_tags=_HEADER_TAGS)
-            uids = [str(header.get(keyword, "")).strip("\x00 ") for keyword in _HEADER_KEYWORDS]
-            transfer_syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
-        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+            header = read_instance_header(received)
+        except NotDicom:
             received.unlink(missing_ok=True)
-            raise NotAnInstance(f"not a readable DICOM file: {exc}") from exc
-        if not all(uids[:3]) or not transfer_syntax:
-            received.unlink(missing_ok=True)
-            raise NotAnInstance("the instance lacks a study, series or SOP instance UID, or a transfer syntax")
-        study, series, sop, sop_class = uids
+            raise
+        study, series = header.study_instance_uid, header.series_instance_uid
+        sop, sop_class, transfer_syntax = header.sop_instance_uid, header.sop_class_uid, header.transfer_syntax
         # A name of its own for every copy: a reader of an earlier copy keeps reading that one.
         path = self.directory / "instances" / f"{_file_name(sop)}-{next(self._copies)}.dcm"
         size = received.stat().st_size
@@ -256,10 +242,6 @@ def _file_name(sop_instance_uid: str) -> str:
     if _SAFE_UID.match(sop_instance_uid):
         return sop_instance_uid
     return hashlib.sha1(sop_instance_uid.encode(), usedforsecurity=False).hexdigest()
-
-
-def _past_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return bool(tag > 0x0020000E)
 
 
 def _move(source: Path, target: Path) -> None:

@@ -22,11 +22,12 @@ from starlette.responses import Response
 
 from gateway.dimse.store import PROCESSING_FAILURE
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, PoolExhausted, UnsupportedMediaType, UpstreamError
+from gateway.part10 import NotDicom
 from gateway.query.dicomjson import encode_json
 from gateway.query.params import parse_uid
 from gateway.routes.common import DICOM_JSON, ServiceRoot, require_json_accept
 from gateway.settings import Settings
-from gateway.stow.instances import NotDicom, read_instance_header
+from gateway.stow.instances import read_upload_header
 from gateway.stow.multipart import MultipartError, Part, parse_media_type, read_parts, spill_body
 from gateway.stow.response import (
     CANNOT_UNDERSTAND,
@@ -99,7 +100,7 @@ async def _store_part(part: Part, upstream: Upstream, study: str | None, root: s
         report.outcomes[part.index] = OtherFailure(CANNOT_UNDERSTAND)
         return
     try:
-        header = await anyio.to_thread.run_sync(read_instance_header, part.path)
+        header = await anyio.to_thread.run_sync(read_upload_header, part.path)
     except NotDicom as exc:
         logger.warning("%s (%d bytes) is not stored: %s", where, part.size, exc)
         report.outcomes[part.index] = OtherFailure(CANNOT_UNDERSTAND)

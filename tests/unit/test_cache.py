@@ -9,7 +9,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from gateway.retrieve.cache import InstanceCache, NotAnInstance
+from gateway.part10 import NotDicom
+from gateway.retrieve.cache import InstanceCache
 
 
 def received(tmp_path: Path, sop: str, series: str = "1.2.3.1", size: int = 1000) -> Path:
@@ -47,7 +48,7 @@ def test_admitted_instances_are_moved_in_with_their_uids(cache: InstanceCache, t
 def test_not_dicom_is_refused_and_deleted(cache: InstanceCache, tmp_path: Path) -> None:
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not dicom at all")
-    with pytest.raises(NotAnInstance):
+    with pytest.raises(NotDicom):
         cache.admit(junk)
     assert not junk.exists() and len(cache) == 0
 
