@@ -105,15 +105,9 @@ class FakePacs:
             if uid in seen:
                 continue
             seen.add(uid)
-            if self.fault is not None and sent >= self.fault.after:
-                yield from self._misbehave(event)
-                return
-            if self.delay:
-                time.sleep(self.delay)
-            if event.is_cancelled:
-                with self._lock:
-                    self.cancels += 1
-                yield 0xFE00, None
+            final = self._interruption(event, sent)
+            if final is not None:
+                yield from final
                 return
             response = Dataset()
             response.QueryRetrieveLevel = level
@@ -131,19 +125,25 @@ class FakePacs:
         matches = [i for i in self.instances if all(_matches(e.keyword, e.value, i) for e in keys)]
         yield len(matches)
         for sent, instance in enumerate(matches):
-            if self.fault is not None and sent >= self.fault.after:
-                yield from self._misbehave(event)
-                return
-            if self.delay:
-                time.sleep(self.delay)
-            if event.is_cancelled:
-                with self._lock:
-                    self.cancels += 1
-                yield 0xFE00, None
+            final = self._interruption(event, sent)
+            if final is not None:
+                yield from final
                 return
             with self._lock:
                 self.sent += 1
             yield 0xFF00, _with_file_meta(instance)
+
+    def _interruption(self, event: evt.Event, sent: int) -> list[tuple[int, Dataset | None]] | None:
+        """Before each pending answer: the fault's last answers, a slow PACS's delay, a C-CANCEL's."""
+        if self.fault is not None and sent >= self.fault.after:
+            return list(self._misbehave(event))
+        if self.delay:
+            time.sleep(self.delay)
+        if event.is_cancelled:
+            with self._lock:
+                self.cancels += 1
+            return [(0xFE00, None)]
+        return None
 
     def _misbehave(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
         """Fail as the fault says (C-FIND and C-GET alike)."""
