@@ -108,10 +108,8 @@ class RetrieveService:
         )
 
     async def _exists(self, target: Target) -> bool:
-        identifier = target.identifier()
-        identifier.QueryRetrieveLevel = target.level
         found = False
-        async for _ in self.finder.find(identifier):
+        async for _ in self.finder.find(target.identifier()):
             found = True
             break
         return found
