@@ -10,6 +10,7 @@ The tree::
     ├── UnsupportedMediaType           415  a request body of a type the resource does not take
     └── UpstreamError                  502  the PACS misbehaved
         ├── UpstreamUnavailable        502  connection refused or association rejected
+        │   └── UpstreamTlsError       502  DICOM TLS failed: certificate, CA, hostname, client certificate
         ├── UpstreamFailureStatus      502  a DIMSE failure status (carries it)
         ├── UpstreamTimeout            504  no answer within the configured timeout
         └── PoolExhausted              503  no association free in time (Retry-After)
@@ -29,6 +30,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamFailureStatus",
     "UpstreamTimeout",
+    "UpstreamTlsError",
     "UnsupportedMediaType",
     "UpstreamUnavailable",
 ]
@@ -103,6 +105,12 @@ class UpstreamUnavailable(UpstreamError):
     """The PACS could not be reached, or it rejected or aborted the association."""
 
     title = "Upstream PACS unavailable"
+
+
+class UpstreamTlsError(UpstreamUnavailable):
+    """The TLS handshake with the PACS failed: its certificate, its name, or the gateway's certificate."""
+
+    title = "Upstream PACS TLS failure"
 
 
 class UpstreamFailureStatus(UpstreamError):

@@ -21,6 +21,12 @@ A configuration file looks like::
 
     [upstreams.main.capabilities]
     relational = false          # overrides what the profile or probing says
+
+DICOM TLS to a PACS is ``tls = true`` in its table, with ``tls_ca`` (PEM CA bundle; default: the
+system's trust store), ``tls_cert`` and ``tls_key`` (the gateway's client certificate, for mutual
+TLS) and ``tls_server_name`` (the name its certificate must carry; default: ``host``). The C-MOVE
+storage SCP takes ``store_tls``, ``store_tls_cert``, ``store_tls_key`` and ``store_tls_ca`` in
+``[gateway]``. Every path is checked when the settings are built.
 """
 
 from __future__ import annotations
@@ -52,6 +58,28 @@ _UPSTREAM_ADDRESS = re.compile(r"^(?:(?P<name>[A-Za-z0-9_-]+)=)?(?P<aet>[^@]{1,1
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the key."""
+
+
+def _check_tls(
+    prefix: str, enabled_key: str, enabled: bool, paths: Mapping[str, str], *, pair: tuple[str, str]
+) -> None:
+    """Check a TLS block: its keys only with TLS on, `pair` (certificate and key) together, readable files."""
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{prefix}.{enabled_key}: {enabled!r} is not true or false")
+    for name, path in paths.items():
+        if not isinstance(path, str):
+            raise ConfigError(f"{prefix}.{name}: {path!r} is not a path")
+    if not enabled:
+        given = [key for key, value in paths.items() if value]
+        if given:
+            raise ConfigError(f"{prefix}.{given[0]} is set but {prefix}.{enabled_key} is not true")
+        return
+    cert, key = pair
+    if bool(paths[cert]) != bool(paths[key]):
+        raise ConfigError(f"{prefix}.{cert} and {prefix}.{key} go together: a certificate and its private key")
+    for name, path in paths.items():
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{prefix}.{name}: {path!r} is not a file")
 
 
 @dataclass(frozen=True)
@@ -130,6 +158,16 @@ class UpstreamSettings:
 
     Raise it only for a PACS that takes parallel stores correctly (Orthanc does; dcmqrscp, whose
     forked processes share one index file, was measured losing index entries at 2)."""
+    tls: bool = False
+    """DICOM TLS (PS3.15 B.9, TLS 1.2 or later) on every association to this PACS: query, retrieve, store."""
+    tls_ca: str = ""
+    """PEM file of the CAs the PACS certificate must chain to; empty: the system's trust store."""
+    tls_cert: str = ""
+    """PEM certificate the gateway presents when the PACS asks for one (mutual TLS), with `tls_key`."""
+    tls_key: str = ""
+    """PEM private key (unencrypted) of `tls_cert`."""
+    tls_server_name: str = ""
+    """The name the PACS certificate must carry (DNS name or IP address); empty: `host`."""
 
     def __post_init__(self) -> None:
         prefix = f"upstreams.{self.name}"
@@ -159,6 +197,10 @@ class UpstreamSettings:
         for sop_class in self.storage_sop_classes:
             if not _SOP_CLASS.match(sop_class):
                 raise ConfigError(f"{prefix}.storage_sop_classes: {sop_class!r} is not a UID or a SOP class keyword")
+        if self.tls_server_name and not self.tls:
+            raise ConfigError(f"{prefix}.tls_server_name is set but {prefix}.tls is not true")
+        tls_paths = {"tls_ca": self.tls_ca, "tls_cert": self.tls_cert, "tls_key": self.tls_key}
+        _check_tls(prefix, "tls", self.tls, tls_paths, pair=("tls_cert", "tls_key"))
 
     @property
     def configured_capabilities(self) -> Capabilities:
@@ -199,6 +241,14 @@ class Settings:
     """Size the instance cache is kept under (instances being streamed are never evicted)."""
     cache_ttl: float = 300.0
     """Seconds a cached series is served without asking the PACS again (metadata, frames, rendered)."""
+    store_tls: bool = False
+    """DICOM TLS on the C-MOVE storage SCP: PACS connect to ``store_port`` over TLS 1.2 or later."""
+    store_tls_cert: str = ""
+    """PEM certificate the storage SCP presents (required with `store_tls`)."""
+    store_tls_key: str = ""
+    """PEM private key (unencrypted) of `store_tls_cert`."""
+    store_tls_ca: str = ""
+    """PEM file of CAs: when set, every PACS must present a client certificate signed by one of them."""
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -222,6 +272,14 @@ class Settings:
             raise ConfigError(f"gateway.max_upload_bytes: {self.max_upload_bytes} must be positive")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise ConfigError(f"gateway.log_level: {self.log_level!r} is not a log level")
+        if self.store_tls and not (self.store_tls_cert and self.store_tls_key):
+            raise ConfigError("gateway.store_tls needs gateway.store_tls_cert and gateway.store_tls_key")
+        store_tls_paths = {
+            "store_tls_cert": self.store_tls_cert,
+            "store_tls_key": self.store_tls_key,
+            "store_tls_ca": self.store_tls_ca,
+        }
+        _check_tls("gateway", "store_tls", self.store_tls, store_tls_paths, pair=("store_tls_cert", "store_tls_key"))
 
     @property
     def default_upstream(self) -> UpstreamSettings:

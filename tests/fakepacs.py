@@ -9,6 +9,7 @@ the gateway sent upstream.
 from __future__ import annotations
 
 import fnmatch
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -55,6 +56,8 @@ class FakePacs:
     delay: float = 0.0
     """Seconds to wait before each pending answer (a slow PACS)."""
     port: int = 0
+    ssl_context: ssl.SSLContext | None = None
+    """Serve DICOM TLS with this context (pynetdicom's own TLS server)."""
 
     def __post_init__(self) -> None:
         self._ae = AE(ae_title=self.ae_title)
@@ -72,7 +75,9 @@ class FakePacs:
             (evt.EVT_C_GET, self._handle_get),
             (evt.EVT_CONN_OPEN, self._count),
         ]
-        self._server = self._ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+        self._server = self._ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=handlers, ssl_context=self.ssl_context
+        )
         self.port = self._server.server_address[1]
         return self
 

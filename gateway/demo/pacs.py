@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -32,7 +33,7 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-__all__ = ["DcmqrscpPacs", "LocalPacs", "OrthancPacs", "QrscpPacs", "free_port"]
+__all__ = ["DcmqrscpPacs", "LocalPacs", "OrthancPacs", "OrthancTls", "QrscpPacs", "free_port"]
 
 _HOST = "127.0.0.1"
 _ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -286,14 +287,37 @@ class DcmqrscpPacs(LocalPacs):
         return [_require("dcmqrscp"), "-c", str(self.workdir / "dcmqrscp.cfg")]
 
 
+@dataclass(frozen=True)
+class OrthancTls:
+    """DICOM TLS for :class:`OrthancPacs` (Orthanc 1.9 or later), PEM files.
+
+    Orthanc uses one certificate both ways: on its SCP, and as client certificate when it connects
+    to a C-MOVE destination, over TLS too (``UseDicomTls``).
+    """
+
+    certificate: Path
+    private_key: Path
+    trusted_certificates: Path
+    """The CAs Orthanc trusts for its peers' certificates, incoming and outgoing."""
+    remote_certificate_required: bool = True
+    """Refuse peers without a certificate (dcmtk's ``--require-peer-cert``)."""
+
+
 class OrthancPacs(LocalPacs):
-    """Orthanc with its DICOMweb plugin: a capable PACS and a native DICOMweb server in one."""
+    """Orthanc with its DICOMweb plugin: a capable PACS and a native DICOMweb server in one.
+
+    With `tls`, its DICOM port speaks DICOM TLS only and its C-MOVEs go to the move destinations
+    over TLS.
+    """
 
     kind = "orthanc"
 
-    def __init__(self, workdir: Path, *, ae_title: str = "ORTHANC", **options: object) -> None:
+    def __init__(
+        self, workdir: Path, *, ae_title: str = "ORTHANC", tls: OrthancTls | None = None, **options: object
+    ) -> None:
         super().__init__(workdir, ae_title=ae_title, **options)  # type: ignore[arg-type]
         self.http_port = free_port()
+        self.tls = tls
 
     @property
     def http_url(self) -> str:
@@ -331,6 +355,18 @@ class OrthancPacs(LocalPacs):
             "Plugins": [str(_ORTHANC_DICOMWEB_PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
         }
+        if self.tls is not None:
+            config |= {
+                "DicomTlsEnabled": True,
+                "DicomTlsCertificate": str(self.tls.certificate),
+                "DicomTlsPrivateKey": str(self.tls.private_key),
+                "DicomTlsTrustedCertificates": str(self.tls.trusted_certificates),
+                "DicomTlsRemoteCertificateRequired": self.tls.remote_certificate_required,
+                "DicomModalities": {
+                    aet.lower(): {"AET": aet, "Host": host, "Port": port, "UseDicomTls": True}
+                    for aet, (host, port) in self.move_destinations.items()
+                },
+            }
         (self.workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
 
     def _command(self) -> list[str]:
@@ -343,6 +379,12 @@ class OrthancPacs(LocalPacs):
                     return False
         except OSError:
             return False
+        if self.tls is not None:  # a plain C-ECHO cannot pass; its DICOM port listening is enough
+            try:
+                socket.create_connection((self.host, self.port), timeout=2).close()
+            except OSError:
+                return False
+            return True
         return self.echo()
 
     def store(self, datasets: Iterable[Dataset]) -> int:

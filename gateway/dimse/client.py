@@ -25,9 +25,10 @@ from pynetdicom.pdu_primitives import _UI, SCP_SCU_RoleSelectionNegotiation, SOP
 from pynetdicom.presentation import PresentationContext
 
 from gateway.dimse.pool import AssociationPool, PooledAssociation
-from gateway.dimse.sockets import SocketProfile, TunedAE
+from gateway.dimse.sockets import SocketProfile, TunedAE, tls_failure
 from gateway.dimse.spool import ResultSpool
 from gateway.dimse.status import CANCEL, PENDING, SUCCESS, failure_for_status, no_response_error
+from gateway.dimse.tls import client_context, upstream_tls_error
 from gateway.errors import GatewayError, PoolExhausted, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.settings import UpstreamSettings
 
@@ -62,8 +63,8 @@ def pause_reactor(assoc: Association, timeout: float = 0.005) -> None:
 
 
 def upstream_ae(settings: UpstreamSettings, ae_title: str, profile: SocketProfile) -> TunedAE:
-    """The gateway's AE for associations to one upstream: its timeouts, the socket `profile`."""
-    ae = TunedAE(ae_title=ae_title, socket_profile=profile)
+    """The gateway's AE for associations to one upstream: its timeouts, the socket `profile`, its TLS."""
+    ae = TunedAE(ae_title=ae_title, socket_profile=profile, tls_args=client_context(settings))
     ae.connection_timeout = settings.connect_timeout
     ae.acse_timeout = settings.acse_timeout
     ae.dimse_timeout = settings.dimse_timeout
@@ -250,6 +251,8 @@ def open_association(
         The PACS is busy (rejected-transient).
     UpstreamUnavailable, UpstreamTimeout
         Refused, rejected, or not accepted in time.
+    UpstreamTlsError
+        DICOM TLS failed (certificate not trusted, wrong name, client certificate refused).
     """
     started = time.monotonic()
     assoc = ae.associate(
@@ -259,10 +262,16 @@ def open_association(
         ae_title=settings.ae_title,
         max_pdu=settings.max_pdu,
         ext_neg=list(ext_neg),
+        tls_args=ae.tls_args,
         evt_handlers=evt_handlers,
     )
     if assoc.is_established:
         return assoc
+    tls_error = tls_failure(assoc)
+    if tls_error is not None:
+        error = upstream_tls_error(tls_error, settings)
+        logger.warning("upstream %s: %s", settings.name, error.detail)
+        raise error
     where = settings.address
     if assoc.is_rejected:
         rejection = assoc.acceptor.primitive

@@ -10,6 +10,13 @@ associations that carry C-GET data use :attr:`SocketProfile.BULK`.
 pynetdicom creates its sockets in ``AssociationSocket``; :func:`install` swaps in a subclass that
 applies the profile of the :class:`TunedAE` that owns the association. Associations of any other
 AE keep pynetdicom's defaults.
+
+Over DICOM TLS (see :mod:`gateway.dimse.tls`) the same socket is an :class:`ssl.SSLSocket`. Two
+things then differ. A TLS record is decrypted whole: bytes of the next PDU may sit in the SSL
+object's buffer, where ``select`` cannot see them, so readiness also asks ``pending()`` (without
+it an association would hang with its answer already received). And pynetdicom only logs why a
+TLS handshake failed; :class:`TlsSocket` and :func:`tls_failure` keep the reason for the error the
+client gets.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import logging
 import os
 import select
 import socket
+import ssl
 from typing import Any
 
 import pynetdicom._config
@@ -28,7 +36,7 @@ import pynetdicom.transport
 from pynetdicom import AE
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
-__all__ = ["SocketProfile", "TunedAE", "install"]
+__all__ = ["SocketProfile", "TlsSocket", "TunedAE", "install", "tls_failure"]
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _REACTOR_WAIT = 0.005  # seconds a reactor waits in select before its housekeeping (timers, kill flag)
@@ -46,9 +54,39 @@ class SocketProfile(enum.Enum):
 class TunedAE(AE):
     """A pynetdicom AE whose requested associations use `socket_profile`."""
 
-    def __init__(self, *args: Any, socket_profile: SocketProfile = SocketProfile.INTERACTIVE, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        socket_profile: SocketProfile = SocketProfile.INTERACTIVE,
+        tls_args: tuple[ssl.SSLContext, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.socket_profile = socket_profile
+        self.tls_args = tls_args
+        """``(context, server_hostname)`` for DICOM TLS on the associations it requests, or None."""
+
+
+class TlsSocket(ssl.SSLSocket):
+    """An SSL socket that remembers why its handshake failed (pynetdicom catches and only logs it).
+
+    Contexts make these with ``context.sslsocket_class = TlsSocket``.
+    """
+
+    handshake_error: OSError | None = None
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except OSError as exc:
+            self.handshake_error = exc
+            raise
+
+
+def tls_failure(assoc: Any) -> OSError | None:
+    """Why DICOM TLS failed on `assoc` (handshake, or an alert after it), or None if it did not."""
+    sock = getattr(assoc.dul, "socket", None)
+    return sock.tls_error if isinstance(sock, _TunedAssociationSocket) else None
 
 
 class _Waker:
@@ -78,6 +116,7 @@ class _TunedAssociationSocket(AssociationSocket):
     def __init__(self, assoc: Any, client_socket: socket.socket | None = None, address: Any = None) -> None:
         super().__init__(assoc, client_socket=client_socket, address=address)
         self._waker: _Waker | None = None
+        self.tls_error: OSError | None = None
         profile = self._profile()
         if client_socket is not None and profile is not None:  # accepted: _create_socket is not called
             client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -105,8 +144,27 @@ class _TunedAssociationSocket(AssociationSocket):
         outgoing.put = put_and_wake
         dul._run_loop_delay = 0
 
+    def connect(self, primitive: Any) -> None:
+        """Connect, and over TLS keep why the handshake failed.
+
+        pynetdicom wraps the socket inside ``connect`` and drops it on failure; wrapping it here
+        first keeps hold of it. The handshake runs under the connection timeout, as the TCP
+        connect does: a peer that accepts TCP but never completes the handshake fails in time.
+        """
+        tls_args, self.tls_args = self.tls_args, None
+        wrapped = None
+        if tls_args is not None and self.socket is not None:
+            context, server_hostname = tls_args
+            wrapped = self.socket = context.wrap_socket(self.socket, server_hostname=server_hostname)
+        super().connect(primitive)
+        if isinstance(wrapped, TlsSocket) and wrapped.handshake_error is not None:
+            self.tls_error = wrapped.handshake_error
+
     @property
     def ready(self) -> bool:
+        sock = self.socket
+        if isinstance(sock, ssl.SSLSocket) and self._is_connected and sock.pending():
+            return True  # decrypted bytes wait in the SSL buffer: select would not see them
         waker = self._waker
         if waker is None or self.socket is None or not self._is_connected:
             return bool(super().ready)
@@ -143,6 +201,15 @@ class _TunedAssociationSocket(AssociationSocket):
             self._waker = None
 
     def recv(self, nr_bytes: int) -> bytearray:
+        try:
+            return self._recv(nr_bytes)
+        except ssl.SSLError as exc:
+            # An alert after the handshake: with TLS 1.3 a PACS refuses the client's certificate
+            # (or its absence) only once the client has finished, on the first read.
+            self.tls_error = exc
+            raise
+
+    def _recv(self, nr_bytes: int) -> bytearray:
         if self._profile() is SocketProfile.BULK and self.socket is not None:
             return self._recv_whole(nr_bytes)
         data: bytearray = super().recv(nr_bytes)

@@ -6,6 +6,8 @@ C-MOVE that caused it. :class:`MoveRouter` hands out message IDs that are unique
 in flight (across associations and upstreams), so each instance finds its request even when two
 clients move the same study at once. An instance that no move in flight asked for is refused with
 a log line. Only the upstreams' AE titles may associate.
+
+With ``store_tls`` the SCP speaks DICOM TLS only (see :mod:`gateway.dimse.tls`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from collections.abc import Iterable
 
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway.dimse.sockets import SocketProfile, TunedAE
 from gateway.dimse.storage import RECEIVED_TRANSFER_SYNTAXES, storage_sop_classes
+from gateway.dimse.tls import TlsAssociationServer, server_context
 from gateway.dimse.transfer import Transfer
 from gateway.errors import UpstreamUnavailable
 from gateway.settings import Settings, UpstreamSettings
@@ -84,6 +87,8 @@ class StorageServer:
         self._ae.require_calling_aet = sorted({u.ae_title for u in moving})
         self._ae.network_timeout = max(u.network_timeout for u in settings.upstreams)
         self._ae.dimse_timeout = max(u.dimse_timeout for u in settings.upstreams)
+        self._ssl_context = server_context(settings)
+        self._handshake_timeout = max(u.acse_timeout for u in settings.upstreams)
         self._server: ThreadedAssociationServer | None = None
 
     def start(self) -> None:
@@ -95,15 +100,31 @@ class StorageServer:
             The port cannot be bound.
         """
         address = (self._settings.host, self._settings.store_port)
+        handlers: list[EventHandlerType] = [(evt.EVT_C_STORE, self._on_c_store)]
         try:
-            self._server = self._ae.start_server(
-                address, block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_c_store)]
-            )
+            if self._ssl_context is None:
+                self._server = self._ae.start_server(address, block=False, evt_handlers=handlers)
+            else:
+                self._server = self._start_tls_server(address, handlers)
         except OSError as exc:
             raise UpstreamUnavailable(
                 f"cannot listen for C-MOVE instances on {address[0]}:{address[1]}: {exc}", upstream="*"
             ) from exc
-        logger.info("storage SCP %s listening on %s:%d for C-MOVE", self._settings.ae_title, *address)
+        over = " over DICOM TLS" if self._ssl_context is not None else ""
+        logger.info("storage SCP %s listening on %s:%d for C-MOVE%s", self._settings.ae_title, *address, over)
+
+    def _start_tls_server(
+        self, address: tuple[str, int], handlers: list[EventHandlerType]
+    ) -> ThreadedAssociationServer:
+        """What ``AE.start_server(block=False)`` does, with a server whose handshakes cannot block it."""
+        server = self._ae.make_server(
+            address, ssl_context=self._ssl_context, evt_handlers=handlers, server_class=TlsAssociationServer
+        )
+        assert isinstance(server, TlsAssociationServer)
+        server.handshake_timeout = self._handshake_timeout
+        threading.Thread(target=server.serve_forever, name="storage-scp-tls", daemon=True).start()
+        self._ae._servers.append(server)  # where AE.start_server keeps it; server.shutdown() takes it out
+        return server
 
     def stop(self) -> None:
         """Stop listening and abort the associations in progress."""
