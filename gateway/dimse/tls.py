@@ -119,7 +119,7 @@ def server_context(settings: Settings) -> ssl.SSLContext | None:
 def _reason(exc: OSError) -> str:
     """Why a TLS handshake (or the first read after it) failed, in words, from the PACS's side."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        message = exc.verify_message or str(exc)
+        message = (exc.verify_message or str(exc)).rstrip(".")
         if "hostname mismatch" in message.lower() or "IP address mismatch" in message:
             return f"the PACS certificate does not name the host the gateway expects ({message}; see tls_server_name)"
         return f"the PACS certificate was not accepted ({message}; is it signed by a CA in tls_ca?)"
