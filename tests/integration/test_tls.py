@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from requests.exceptions import HTTPError
 
 from gateway.demo.pacs import OrthancPacs, OrthancTls, free_port
 from gateway.demo.samples import generate_sample_studies, iter_ct_volume, iter_sample_datasets
@@ -154,7 +155,12 @@ def test_orthanc_certificate_from_another_ca_is_a_prompt_502(orthanc: OrthancPac
         assert time.monotonic() - started < 5
         assert_tls_failure(response, "the PACS certificate was not accepted", "is it signed by a CA in tls_ca?")
         ready = httpx.get(root.replace("/dicom-web", "/ready"), timeout=30)
+        stow = DICOMwebClient(url=root)
+        with pytest.raises(HTTPError) as refused:
+            stow.store_instances(list(iter_ct_volume(1, rows=16, columns=16, seed=12)))
     assert ready.status_code == 503 and "the PACS certificate was not accepted" in ready.json()["upstreams"]["default"]
+    assert refused.value.response.status_code == 502
+    assert refused.value.response.json()["title"] == "Upstream PACS TLS failure"
 
 
 @pytest.mark.upstream("orthanc")
