@@ -52,6 +52,7 @@ RetrieveMethod = Literal["get", "move"]
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE: no backslash, no control chars
 _SOP_CLASS = re.compile(r"^(?:[0-9.]{1,64}|[A-Za-z0-9]{1,80})$")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")  # what a certificate's subjectAltName can carry
 _UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _UPSTREAM_ADDRESS = re.compile(r"^(?:(?P<name>[A-Za-z0-9_-]+)=)?(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
@@ -199,6 +200,8 @@ class UpstreamSettings:
                 raise ConfigError(f"{prefix}.storage_sop_classes: {sop_class!r} is not a UID or a SOP class keyword")
         if self.tls_server_name and not self.tls:
             raise ConfigError(f"{prefix}.tls_server_name is set but {prefix}.tls is not true")
+        if self.tls_server_name and not _SERVER_NAME.match(self.tls_server_name):
+            raise ConfigError(f"{prefix}.tls_server_name: {self.tls_server_name!r} is not a DNS name or IP address")
         tls_paths = {"tls_ca": self.tls_ca, "tls_cert": self.tls_cert, "tls_key": self.tls_key}
         _check_tls(prefix, "tls", self.tls, tls_paths, pair=("tls_cert", "tls_key"))
 

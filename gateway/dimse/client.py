@@ -267,11 +267,6 @@ def open_association(
     )
     if assoc.is_established:
         return assoc
-    tls_error = tls_failure(assoc)
-    if tls_error is not None:
-        error = upstream_tls_error(tls_error, settings)
-        logger.warning("upstream %s: %s", settings.name, error.detail)
-        raise error
     where = settings.address
     if assoc.is_rejected:
         rejection = assoc.acceptor.primitive
@@ -282,6 +277,11 @@ def open_association(
         raise UpstreamUnavailable(
             f"{where} rejected the association ({reason}; check the AE titles)", upstream=settings.name
         )
+    tls_error = tls_failure(assoc)  # after a rejection: the PACS may close the connection uncleanly after it
+    if tls_error is not None:
+        error = upstream_tls_error(tls_error, settings)
+        logger.warning("upstream %s: %s", settings.name, error.detail)
+        raise error
     if time.monotonic() - started >= min(settings.connect_timeout, settings.acse_timeout) * 0.95:
         raise UpstreamTimeout(f"{where} did not accept an association in time", upstream=settings.name)
     raise UpstreamUnavailable(

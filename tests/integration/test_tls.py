@@ -263,3 +263,13 @@ def test_storage_scp_over_tls_refuses_a_client_without_a_trusted_certificate(pki
             with trusted.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
                 assert tls.version() in ("TLSv1.2", "TLSv1.3")
                 assert tls.cipher()[0].startswith(("TLS_AES", "TLS_CHACHA20", "ECDHE"))
+
+
+def test_a_rejection_over_tls_is_a_rejection_not_a_tls_failure(pki: Pki) -> None:
+    context = server_context(pki.server.cert, pki.server.key)
+    with FakePacs(INSTANCES, ssl_context=context) as pacs:
+        pacs._ae.require_called_aet = True
+        with live_gateway(tls_settings(f"WRONGAET@127.0.0.1:{pacs.port}", pki)) as root:
+            response = httpx.get(f"{root}/studies", timeout=10)
+    assert response.status_code == 502 and response.json()["title"] == "Upstream PACS unavailable"
+    assert "rejected the association" in response.json()["detail"]

@@ -73,6 +73,7 @@ tls_key = "{pki.client.key}"
         ({"tls": True, "tls_ca": "/nonexistent/ca.pem"}, "upstreams.main.tls_ca: '/nonexistent/ca.pem' is not a file"),
         ({"tls": True, "tls_ca": "{dir}"}, "upstreams.main.tls_ca: '{dir}' is not a file"),
         ({"tls": True, "tls_ca": 7}, "upstreams.main.tls_ca: 7 is not a path"),
+        ({"tls": True, "tls_server_name": "pacs/1"}, "upstreams.main.tls_server_name: 'pacs/1' is not a DNS name"),
     ],
 )
 def test_upstream_tls_settings_are_checked_at_startup(pki: Pki, options: dict[str, object], message: str) -> None:
@@ -127,10 +128,13 @@ def test_client_context_is_tls_1_2_or_later_verifies_and_names_the_host(pki: Pki
     assert named is not None and named[1] == "pacs.example.org"
 
 
-def test_without_tls_ca_the_system_trust_store_is_used() -> None:
+def test_without_tls_ca_the_system_trust_store_is_used_not_any_certificate(pki: Pki) -> None:
     tls_args = client_context(upstream(tls=True))
-    assert tls_args is not None
-    assert tls_args[0].verify_mode == ssl.CERT_REQUIRED  # and never our test CA: it is not in there
+    assert tls_args is not None and tls_args[0].verify_mode == ssl.CERT_REQUIRED
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pki.server.cert, pki.server.key)
+    with pytest.raises(ssl.SSLCertVerificationError), _tls_pair(server, tls_args[0], "127.0.0.1", server_may_fail=True):
+        pass  # the test CA is in no system trust store
 
 
 def test_unreadable_pem_files_are_config_errors_naming_the_key(tmp_path: Path, pki: Pki) -> None:
