@@ -173,27 +173,35 @@ def main() -> int:
             for pacs in (plain, secure):
                 pacs.store(volume)
             print(f"  loaded {args.slices} slices into both Orthancs", file=sys.stderr, flush=True)
-            for link, pacs in (("plain", plain), ("tls", secure)):
-                key = pki if link == "tls" else None
-                configs = {
-                    method: write_config(workdir / f"{link}-{method}.toml", pacs, method, store_ports[link], key)
-                    for method in ("get", "move")
-                }
-                for run in range(args.runs):
-                    measured = {"bare C-GET": bare_c_get(pacs, study_uid, client_tls_args(pki) if key else None)}
-                    for method, config in configs.items():
-                        measured[f"gateway {method}"] = gateway_retrieve(config, study_uid, workdir, f"{link}-{method}")
+            configs = {
+                (link, method): write_config(
+                    workdir / f"{link}-{method}.toml", pacs, method, store_ports[link], pki if link == "tls" else None
+                )
+                for link, pacs in (("plain", plain), ("tls", secure))
+                for method in ("get", "move")
+            }
+            # Plain and TLS alternate, run after run, so that a change in the machine's load hits both.
+            for run in range(args.runs):
+                for link, pacs in (("plain", plain), ("tls", secure)):
+                    tls_args = client_tls_args(pki) if link == "tls" else None
+                    measured = {"bare C-GET": bare_c_get(pacs, study_uid, tls_args)}
+                    for method in ("get", "move"):
+                        name = f"{link}-{method}"
+                        measured[f"gateway {method}"] = gateway_retrieve(
+                            configs[link, method], study_uid, workdir, name
+                        )
                     for name, result in measured.items():
                         results.setdefault(name, {}).setdefault(link, []).append(result)
                         megabytes = max(megabytes, result["bytes"] / MB)
-                    print(f"  {link} run {run + 1} done", file=sys.stderr, flush=True)
+                print(f"  run {run + 1} done, load average {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
 
     def median(runs: list[Result]) -> Result:
         return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
 
     lines = [
         f"Retrieve of one CT study, {args.slices} slices 512x512 (~{megabytes:.0f} MB), from Orthanc 1.10, plain and "
-        f"DICOM TLS (TLS 1.3, mutual), median of {args.runs} runs, {os.cpu_count()} cores, loopback:",
+        f"DICOM TLS (TLS 1.3, mutual), median of {args.runs} runs, {os.cpu_count()} cores, loopback, "
+        f"load average {os.getloadavg()[0]:.1f} at the end:",
         "",
         "| method | plain s | plain MB/s | TLS s | TLS MB/s | TLS / plain time | gateway CPU s plain / TLS |",
         "| --- | --- | --- | --- | --- | --- | --- |",

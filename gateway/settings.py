@@ -275,14 +275,14 @@ class Settings:
             raise ConfigError(f"gateway.max_upload_bytes: {self.max_upload_bytes} must be positive")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise ConfigError(f"gateway.log_level: {self.log_level!r} is not a log level")
-        if self.store_tls and not (self.store_tls_cert and self.store_tls_key):
-            raise ConfigError("gateway.store_tls needs gateway.store_tls_cert and gateway.store_tls_key")
         store_tls_paths = {
             "store_tls_cert": self.store_tls_cert,
             "store_tls_key": self.store_tls_key,
             "store_tls_ca": self.store_tls_ca,
         }
         _check_tls("gateway", "store_tls", self.store_tls, store_tls_paths, pair=("store_tls_cert", "store_tls_key"))
+        if self.store_tls and not self.store_tls_cert:
+            raise ConfigError("gateway.store_tls needs gateway.store_tls_cert and gateway.store_tls_key")
 
     @property
     def default_upstream(self) -> UpstreamSettings:

@@ -88,7 +88,11 @@ def test_upstream_tls_settings_are_checked_at_startup(pki: Pki, options: dict[st
     ("options", "message"),
     [
         ({"store_tls": True}, "gateway.store_tls needs gateway.store_tls_cert and gateway.store_tls_key"),
-        ({"store_tls": True, "store_tls_cert": "{cert}"}, "gateway.store_tls needs"),
+        (
+            {"store_tls": True, "store_tls_cert": "{cert}"},
+            "gateway.store_tls_cert and gateway.store_tls_key go together",
+        ),
+        ({"store_tls": 1}, "gateway.store_tls: 1 is not true or false"),
         ({"store_tls_cert": "{cert}", "store_tls_key": "{key}"}, "gateway.store_tls_cert is set but gateway.store_tls"),
         ({"store_tls_ca": "{ca}"}, "gateway.store_tls_ca is set but gateway.store_tls is not true"),
         (
