@@ -273,3 +273,13 @@ def test_a_rejection_over_tls_is_a_rejection_not_a_tls_failure(pki: Pki) -> None
             response = httpx.get(f"{root}/studies", timeout=10)
     assert response.status_code == 502 and response.json()["title"] == "Upstream PACS unavailable"
     assert "rejected the association" in response.json()["detail"]
+
+
+def test_storage_scp_closes_a_peer_that_never_completes_the_handshake(pki: Pki) -> None:
+    port = free_port()
+    settings = with_tls_storage_scp(tls_settings("PACS@127.0.0.1:1", pki, retrieve="move", acse_timeout=1.0), pki)
+    with live_gateway(replace(settings, store_port=port)):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+            started = time.monotonic()
+            assert silent.recv(1) == b""  # closed by the gateway, not by our timeout
+            assert time.monotonic() - started < 5

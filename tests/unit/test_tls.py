@@ -331,3 +331,26 @@ def test_a_client_certificate_refused_after_the_handshake_is_kept_as_the_tls_fai
             assoc_socket.close()
     assert isinstance(error, UpstreamTlsError)
     assert "the PACS requires a client certificate (TLS alert TLSV13_ALERT_CERTIFICATE_REQUIRED)" in error.detail
+
+
+def test_a_tls_1_2_pacs_requiring_a_client_certificate_fails_in_the_handshake(pki: Pki) -> None:
+    """With TLS 1.2 the refusal comes before the handshake ends, as an alert to the client."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.maximum_version = ssl.TLSVersion.TLSv1_2
+    server.load_cert_chain(pki.server.cert, pki.server.key)
+    server.load_verify_locations(pki.ca)
+    server.verify_mode = ssl.CERT_REQUIRED
+    settings = upstream(tls=True, tls_ca=str(pki.ca))
+    tls_args = client_context(settings)
+    assert tls_args is not None
+    with pytest.raises(ssl.SSLError) as raised, _tls_pair(server, tls_args[0], "127.0.0.1", server_may_fail=True):
+        pass
+    error = upstream_tls_error(raised.value, settings)
+    assert isinstance(error, UpstreamTlsError)
+    assert "the PACS refused the handshake (a missing client certificate" in error.detail
+    with_cert = client_context(
+        upstream(tls=True, tls_ca=str(pki.ca), tls_cert=str(pki.client.cert), tls_key=str(pki.client.key))
+    )
+    assert with_cert is not None
+    with _tls_pair(server, with_cert[0], "127.0.0.1") as pair:
+        assert pair.client.version() == "TLSv1.2" and pair.client.cipher()[0].startswith("ECDHE-")
