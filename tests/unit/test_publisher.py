@@ -14,11 +14,13 @@ import httpx
 import pytest
 import respx
 
+from gateway.app import create_app
 from gateway.errors import UpstreamTimeout
 from gateway.fhir.publish.auth import NoCredentials
 from gateway.fhir.publish.publisher import Publisher
 from gateway.fhir.publish.upsert import StudyPublisher
-from gateway.settings import FhirPublishSettings
+from gateway.settings import FhirPublishSettings, load_settings
+from tests.unit.test_openapi import SPEC_PATH, _schema_validator
 
 BASE = "https://fhir.test/fhir"
 ROOT = "https://gateway.test/dicom-web"
@@ -352,3 +354,21 @@ async def test_a_builder_bug_is_not_retried(tmp_path: Path) -> None:
             publisher.enqueue("main", STUDY_A)
             await until(lambda: publisher.failed == 1)
     assert builder.calls == [STUDY_A] and "KeyError" in (publisher.last_error or "")
+
+
+async def test_health_shows_the_queue_as_the_openapi_schema_says(tmp_path: Path) -> None:
+    settings = load_settings(
+        None, upstream="main=PACS@127.0.0.1:104", public_url="https://gw.test", fhir_publish_url=BASE
+    )
+    made: list[Publisher] = []
+
+    def factory(settings: Any, upstreams: Any) -> Publisher:
+        made.append(make_publisher(tmp_path, FakePacsStudies({})))
+        return made[0]
+
+    app = create_app(settings, publisher_factory=factory)  # the lifespan is not run: nothing is published
+    made[0].enqueue("main", STUDY_A)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+        body = (await client.get("/health")).json()
+    assert body["fhir_publish"]["queued"] == 1 and body["fhir_publish"]["url"] == BASE
+    _schema_validator(json.loads(SPEC_PATH.read_text(encoding="utf-8")), "Health").validate(body)
