@@ -198,10 +198,13 @@ def test_publish_command_publishes_studies_that_came_another_way(
     wiring = types.ModuleType("gateway.fhir.publish.wiring")
     wiring.make_study_publisher = stand_in_study_publisher  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "gateway.fhir.publish.wiring", wiring)
+    gateway_cache = tmp_path / "cache"  # a running gateway's instance cache: the command leaves it alone
+    (gateway_cache / "default" / "instances").mkdir(parents=True)
+    (gateway_cache / "default" / "instances" / "cached.dcm").write_bytes(b"DICM")
     config = tmp_path / "gateway.toml"
     config.write_text(
-        f'[gateway]\npublic_url = "{PUBLIC_URL}"\n\n[fhir]\npublish_version = "R5"\n'
-        f'queue_dir = "{tmp_path / "unused-queue"}"\npublish_backoff = 0.1\n',
+        f'[gateway]\npublic_url = "{PUBLIC_URL}"\ncache_dir = "{gateway_cache}"\n\n'
+        f'[fhir]\npublish_version = "R5"\nqueue_dir = "{tmp_path / "unused-queue"}"\npublish_backoff = 0.1\n',
         encoding="utf-8",
     )
     with serving(RecordingFhirServer()) as fhir:
@@ -220,3 +223,4 @@ def test_publish_command_publishes_studies_that_came_another_way(
         assert f"published {some}" in out and f"retrying {some}" in out
         assert f"FAILED {missing}: not in the PACS" in out and "1 published, 1 failed" in out
     assert not (tmp_path / "unused-queue").exists()  # the command never touches the gateway's queue
+    assert (gateway_cache / "default" / "instances" / "cached.dcm").exists()

@@ -103,8 +103,11 @@ async def publish_studies(
     """
     if settings.fhir_publish is None:
         raise ConfigError("publish needs --fhir-publish-url or [fhir] publish_url")
-    # This process only queries: no storage SCP (the running gateway may own store_port).
-    query_only = replace(settings, upstreams=tuple(replace(u, retrieve="get") for u in settings.upstreams))
+    # This process only queries, beside a running gateway: no storage SCP (the gateway owns store_port),
+    # and a cache of its own (an instance cache empties its directory when it starts).
+    query_only = replace(
+        settings, cache_dir="", upstreams=tuple(replace(u, retrieve="get") for u in settings.upstreams)
+    )
     upstreams = Upstreams(query_only)
     upstream = upstreams.get(upstream_name) if upstream_name else upstreams.default
     if upstream is None:
