@@ -4,6 +4,9 @@ The body is parsed as it arrives; each complete part is handed to one of ``store
 workers, which reads its header, checks it against the target study and C-STOREs it. The hand-off
 has no buffer, so the body is read no faster than the PACS takes instances: at most one spilled
 part per worker plus the one being received exist on disk at any time.
+
+Every study that got at least one instance is then queued for FHIR publishing, when it is
+configured (:mod:`gateway.fhir.publish`); queuing never waits and never fails the request.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from gateway.errors import UpstreamTimeout
 from gateway.fhir.publish.auth import NoCredentials
 from gateway.fhir.publish.publisher import Publisher
 from gateway.fhir.publish.upsert import StudyPublisher
-from gateway.settings import FhirPublishSettings, load_settings
+from gateway.settings import ConfigError, FhirPublishSettings, load_settings
 from tests.unit.test_openapi import SPEC_PATH, _schema_validator
 
 BASE = "https://fhir.test/fhir"
@@ -372,3 +372,10 @@ async def test_health_shows_the_queue_as_the_openapi_schema_says(tmp_path: Path)
         body = (await client.get("/health")).json()
     assert body["fhir_publish"]["queued"] == 1 and body["fhir_publish"]["url"] == BASE
     _schema_validator(json.loads(SPEC_PATH.read_text(encoding="utf-8")), "Health").validate(body)
+
+
+def test_a_queue_dir_that_cannot_be_created_stops_startup_naming_the_key(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"^fhir.queue_dir: cannot create .*a-file/queue"):
+        make_publisher(blocker / "queue", FakePacsStudies({}))

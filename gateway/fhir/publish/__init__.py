@@ -8,6 +8,6 @@ The flow, one module each::
                                                        (an injected builder), then FhirServer (server.py) PUTs it
                                                        and its Endpoints; credentials from auth.py, waits from retry.py
 
-``wiring.py`` binds the resource builders of :mod:`gateway.fhir` to these classes, and
-``command.py`` is the ``dicomweb-gateway publish`` command.
+The resource builders are injected (their contracts: ``builders.py``); ``wiring.py`` binds
+those of :mod:`gateway.fhir`, and ``command.py`` is the ``dicomweb-gateway publish`` command.
 """

@@ -80,11 +80,10 @@ class Publisher:
         self._upstreams = tuple(upstreams)
         self._clock = clock
         self._rng = rng or random.Random()
-        directory = settings.resolved_queue_dir
         try:
-            self.outbox = Outbox(directory, settings.queue_max, clock)
-        except OSError as exc:
-            raise ConfigError(f"fhir.queue_dir: cannot create {directory}: {exc}") from exc
+            self.outbox = Outbox(settings.resolved_queue_dir, settings.queue_max, clock)
+        except (OSError, RuntimeError) as exc:  # RuntimeError: no home directory for the default one
+            raise ConfigError(f"fhir.queue_dir: cannot create {settings.queue_dir or 'the default'}: {exc}") from exc
         self._busy: set[Key] = set()
         self._paused_until = 0.0
         self._wake = anyio.Event()
