@@ -10,6 +10,7 @@ reached the PACS some other way.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -20,9 +21,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
+from pydicom.filewriter import dcmwrite
+from pynetdicom import AE
 
 from gateway.cli import main
 from gateway.demo.pacs import DcmqrscpPacs, LocalPacs, OrthancPacs
@@ -35,6 +39,7 @@ from tests.conftest import live_gateway
 from tests.fhirserver import RecordingFhirServer, serving
 
 PUBLIC_URL = "https://gateway.example.org"
+FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
 
 async def _find(upstream: Upstream, level: str, **keys: str) -> list[Dataset]:
@@ -192,6 +197,54 @@ def test_a_down_fhir_server_gets_the_publication_later_even_across_a_restart(pac
             assert third.received_at - second.received_at >= 0.95
     assert fhir.studies[identifier(study)]["numberOfInstances"] == 2
     assert list((tmp_path / "queue" / "default").iterdir()) == []
+
+
+def in_pacs(pacs: LocalPacs, ds: Dataset) -> bool:
+    """True once the PACS answers a C-FIND for the instance (straight to it, not through the gateway)."""
+    ae = AE("CHECKER")
+    ae.add_requested_context(FIND)
+    assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title)
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID, query.SeriesInstanceUID, query.SOPInstanceUID = (
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+    )
+    try:
+        return any(status.Status == 0xFF00 for status, _ in assoc.send_c_find(query, FIND))
+    finally:
+        assoc.release()
+
+
+def test_a_stow_rs_that_fails_after_storing_some_still_publishes_them(pacs: LocalPacs, tmp_path: Path) -> None:
+    first, second = iter_ct_volume(2, rows=64, columns=64, seed=24)
+    parts = []
+    for ds in (first, second):
+        buffer = io.BytesIO()
+        dcmwrite(buffer, ds, enforce_file_format=True)
+        parts.append(buffer.getvalue())
+    head = (
+        b"--b\r\nContent-Type: application/dicom\r\n\r\n%s\r\n--b\r\nContent-Type: application/dicom\r\n\r\n" % parts[0]
+    )
+
+    def body() -> Iterator[bytes]:
+        yield head
+        deadline = time.monotonic() + 30
+        while not in_pacs(pacs, first):  # the first instance is stored before the body goes over the limit
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        yield parts[1] + b"\r\n--b--\r\n"
+
+    with serving(RecordingFhirServer()) as fhir:
+        settings = replace(publishing_settings(pacs, fhir, tmp_path / "queue"), max_upload_bytes=len(head) + 100)
+        with live_gateway(settings, publisher_factory=stand_in_publisher) as root:
+            headers = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}
+            response = httpx.post(f"{root}/studies", content=body(), headers=headers, timeout=60)
+            assert response.status_code == 413 and "1 instances were stored" in response.json()["detail"]
+            fhir.wait_for(lambda server: identifier(first.StudyInstanceUID) in server.studies)
+    assert fhir.studies[identifier(first.StudyInstanceUID)]["numberOfInstances"] == 1
 
 
 def test_publish_command_publishes_studies_that_came_another_way(

@@ -7,8 +7,8 @@ transient failures, without touching the running gateway's queue.
 
 from __future__ import annotations
 
-import logging
 import random
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import date
@@ -25,8 +25,6 @@ from gateway.settings import ConfigError, Settings
 from gateway.upstreams import Upstreams
 
 __all__ = ["find_studies", "parse_date", "publish_studies"]
-
-logger = logging.getLogger(__name__)
 
 StudyPublisherFactory = Callable[[Settings, Upstreams], "StudyPublisher | None"]
 
@@ -108,10 +106,11 @@ async def publish_studies(
     query_only = replace(
         settings, cache_dir="", upstreams=tuple(replace(u, retrieve="get") for u in settings.upstreams)
     )
+    if upstream_name is not None and upstream_name not in {u.name for u in settings.upstreams}:
+        raise ConfigError(f"--pacs {upstream_name!r} is not a configured upstream")
     upstreams = Upstreams(query_only)
     upstream = upstreams.get(upstream_name) if upstream_name else upstreams.default
-    if upstream is None:
-        raise ConfigError(f"--pacs {upstream_name!r} is not a configured upstream")
+    assert upstream is not None
     publisher = make_study_publisher(query_only, upstreams)
     assert publisher is not None
     published = failed = 0
@@ -121,9 +120,9 @@ async def publish_studies(
             try:
                 uids += [uid async for uid in find_studies(upstream.client, since, until)]
             except GatewayError as exc:
-                print(f"dicomweb-gateway publish: C-FIND on StudyDate failed: {exc.detail}", flush=True)
+                print(f"dicomweb-gateway publish: C-FIND on StudyDate failed: {exc.detail}", file=sys.stderr)
                 return 1
-            print(f"{len(uids)} studies in {upstream.name} from {since} to {until or 'today'}", flush=True)
+            print(f"{len(uids)} studies in {upstream.name} from {since} {f'to {until}' if until else 'on'}", flush=True)
         limiter = anyio.CapacityLimiter(settings.fhir_publish.publish_concurrency)
 
         async def one(uid: str) -> None:
