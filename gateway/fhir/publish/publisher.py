@@ -76,7 +76,7 @@ class Publisher:
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
-        self._publisher = study_publisher
+        self.study_publisher = study_publisher
         self._upstreams = tuple(upstreams)
         self._clock = clock
         self._rng = rng or random.Random()
@@ -98,11 +98,11 @@ class Publisher:
         self._last_published_at: float | None = None
 
     async def __aenter__(self) -> Publisher:
-        await self._publisher.__aenter__()
+        await self.study_publisher.__aenter__()
         loaded = self.outbox.load(self._upstreams)
         logger.info(
             "FHIR publish: to %s (%s), queue in %s, %d studies waiting",
-            self._publisher.server.base,
+            self.study_publisher.server.base,
             self.settings.publish_version,
             self.outbox.directory,
             loaded,
@@ -120,7 +120,7 @@ class Publisher:
         self._tasks.cancel_scope.cancel()
         await self._tasks.__aexit__(None, None, None)
         self._tasks = None
-        await self._publisher.__aexit__(exc_type, exc, tb)
+        await self.study_publisher.__aexit__(exc_type, exc, tb)
         logger.info("FHIR publish: stopped, %d studies queued in %s", len(self.outbox), self.outbox.directory)
 
     def enqueue(self, upstream: str, study_uid: str) -> bool:
@@ -153,7 +153,7 @@ class Publisher:
     def stats(self) -> dict[str, Any]:
         """What ``/health`` shows under ``fhir_publish``."""
         return {
-            "url": self._publisher.server.base,
+            "url": self.study_publisher.server.base,
             "version": self.settings.publish_version,
             "queued": len(self.outbox),
             "in_flight": len(self._busy),
@@ -189,7 +189,7 @@ class Publisher:
         revision = study.revision
         try:
             try:
-                publication = await self._publisher.publish(study.upstream, study.study_uid)
+                publication = await self.study_publisher.publish(study.upstream, study.study_uid)
             except Exception as exc:  # a bug in a builder: not worth retrying
                 logger.exception("FHIR publish: publishing study %s failed unexpectedly", study.study_uid)
                 publication = Publication(Outcome.FAILED, f"{type(exc).__name__}: {exc}")
