@@ -13,6 +13,7 @@ one thread owning the state needs no lock.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import re
@@ -181,10 +182,10 @@ class Outbox:
         except OSError as exc:
             logger.error("FHIR publish: cannot delete the queue file of study %s: %s", study.study_uid, exc)
 
-    def due(self, now: float, busy: set[Key]) -> list[QueuedStudy]:
-        """Studies that may be attempted at `now` and are not being published, the longest waiting first."""
-        ready = [s for s in self._studies.values() if s.not_before <= now and s.key not in busy]
-        return sorted(ready, key=lambda s: (s.not_before, s.queued_at))
+    def due(self, now: float, busy: set[Key], limit: int) -> list[QueuedStudy]:
+        """At most `limit` studies that may be attempted at `now` and are not being published, longest waiting first."""
+        ready = (s for s in self._studies.values() if s.not_before <= now and s.key not in busy)
+        return heapq.nsmallest(limit, ready, key=lambda s: (s.not_before, s.queued_at))
 
     def next_due(self, busy: set[Key]) -> float | None:
         """When the next study not being published becomes due; ``None`` if there is none."""

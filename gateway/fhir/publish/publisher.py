@@ -174,7 +174,7 @@ class Publisher:
             now = self._clock()
             if now >= self._paused_until:
                 free = self.settings.publish_concurrency - len(self._busy)
-                for study in self.outbox.due(now, self._busy)[: max(free, 0)]:
+                for study in self.outbox.due(now, self._busy, max(free, 0)):
                     self._busy.add(study.key)
                     self._tasks.start_soon(self._attempt, study)
             wake_at = self.outbox.next_due(self._busy)
