@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict
 
 import orjson
@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 from gateway import __version__
 from gateway.dimse import sockets, storage
 from gateway.errors import GatewayError, UpstreamError
+from gateway.fhir.publish.publisher import Publisher, PublisherFactory
 from gateway.routes.common import ServiceRoot
 from gateway.routes.frames import retrieve_frames
 from gateway.routes.metadata import retrieve_bulkdata, retrieve_metadata
@@ -119,7 +120,11 @@ async def health(request: Request) -> Response:
     pools += [asdict(u.retrieval.retriever.pool.stats()) | {"kind": "retrieve"} for u in upstreams]
     pools += [asdict(u.store.pool.stats()) | {"kind": "store"} for u in upstreams]
     caches = {u.name: u.retrieval.cache.stats() for u in upstreams}
-    return _json(200, {"status": "ok", "version": __version__, "pools": pools, "caches": caches})
+    body = {"status": "ok", "version": __version__, "pools": pools, "caches": caches}
+    publisher: Publisher | None = request.app.state.publisher
+    if publisher is not None:
+        body["fhir_publish"] = publisher.stats()
+    return _json(200, body)
 
 
 async def ready(request: Request) -> Response:
@@ -136,19 +141,35 @@ async def ready(request: Request) -> Response:
     return _json(200 if ok else 503, {"status": "ok" if ok else "unavailable", "upstreams": report})
 
 
-def create_app(settings: Settings) -> Starlette:
+def _fhir_publisher(settings: Settings, upstreams: Upstreams, factory: PublisherFactory | None) -> Publisher | None:
+    if settings.fhir_publish is None:
+        return None
+    if factory is None:
+        # Imported here: it binds the FHIR resource builders, needed only when publishing is configured.
+        from gateway.fhir.publish.wiring import make_publisher
+
+        factory = make_publisher
+    return factory(settings, upstreams)
+
+
+def create_app(settings: Settings, *, publisher_factory: PublisherFactory | None = None) -> Starlette:
     """Build the gateway's ASGI application for `settings`.
 
     The upstream pools open when the ASGI lifespan starts and close, releasing every
-    association, when it ends.
+    association, when it ends. With ``[fhir] publish_url``, the FHIR publisher (made by
+    `publisher_factory`, by default the one of :mod:`gateway.fhir.publish.wiring`) runs
+    while the lifespan does.
     """
     sockets.install()
     storage.receive_into_files()
     upstreams = Upstreams(settings)
+    publisher = _fhir_publisher(settings, upstreams, publisher_factory)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with upstreams:
+        async with upstreams, AsyncExitStack() as publishing:
+            if publisher is not None:
+                await publishing.enter_async_context(publisher)
             names = ", ".join(f"{u.name}={u.address}" for u in settings.upstreams)
             logger.info("serving DICOMweb at %s for upstreams %s", settings.base_path, names)
             yield
@@ -178,4 +199,5 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.settings = settings
     app.state.upstreams = upstreams
+    app.state.publisher = publisher
     return app

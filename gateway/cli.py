@@ -2,6 +2,7 @@
 
 dicomweb-gateway serve --host 127.0.0.1 --port 8080 --upstream AET@HOST:PORT --ae-title GATEWAY
 dicomweb-gateway demo
+dicomweb-gateway publish --config gateway.toml STUDY_UID... | --since DATE [--until DATE]
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ import argparse
 import logging
 import sys
 import tempfile
+from datetime import date
 from pathlib import Path
 
+import anyio
 import uvicorn
 
 from gateway.app import create_app
+from gateway.fhir.publish.command import parse_date, publish_studies
 from gateway.settings import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -57,6 +61,9 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         "--max-upload-bytes", dest="max_upload_bytes", type=int, help="largest STOW-RS body accepted (default 4 GiB)"
     )
     parser.add_argument("--log-level", dest="log_level", choices=("critical", "error", "warning", "info", "debug"))
+    parser.add_argument(
+        "--fhir-publish-url", dest="fhir_publish_url", help="FHIR server to publish ImagingStudy resources to"
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -72,10 +79,52 @@ def _serve(args: argparse.Namespace) -> int:
         public_url=args.public_url,
         max_upload_bytes=args.max_upload_bytes,
         log_level=args.log_level,
+        fhir_publish_url=args.fhir_publish_url,
     )
     _configure_logging(settings.log_level)
     _run(settings)
     return 0
+
+
+def _date(text: str) -> date:
+    try:
+        return parse_date(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _publish(args: argparse.Namespace) -> int:
+    # Imported here: it binds the FHIR resource builders, which only this command and serve need.
+    from gateway.fhir.publish.wiring import make_study_publisher
+
+    if bool(args.studies) == bool(args.since):
+        print("dicomweb-gateway publish: give STUDY_UIDs or --since DATE, not both or neither", file=sys.stderr)
+        return 2
+    if args.until is not None and args.since is not None and args.until < args.since:
+        print("dicomweb-gateway publish: --until is before --since", file=sys.stderr)
+        return 2
+    if not 1 <= args.attempts <= 100:
+        print("dicomweb-gateway publish: --attempts is between 1 and 100", file=sys.stderr)
+        return 2
+    settings = load_settings(
+        args.config,
+        upstream=args.upstream,
+        public_url=args.public_url,
+        fhir_publish_url=args.fhir_publish_url,
+        log_level=args.log_level,
+    )
+    _configure_logging(settings.log_level)
+    return anyio.run(
+        lambda: publish_studies(
+            settings,
+            make_study_publisher,
+            args.studies,
+            upstream_name=args.pacs,
+            since=args.since,
+            until=args.until,
+            attempts=args.attempts,
+        )
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -129,8 +178,29 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--ae-title", dest="ae_title", default="GATEWAY")
     demo.add_argument("--studies", type=int, default=48, help="how many sample studies (default 48)")
     demo.add_argument("--log-level", dest="log_level", default="info")
+    publish = commands.add_parser(
+        "publish", help="publish studies already in the PACS to the FHIR server (same settings as serve)"
+    )
+    publish.add_argument("studies", nargs="*", metavar="STUDY_UID", help="StudyInstanceUIDs to publish")
+    publish.add_argument("--since", type=_date, help="publish the studies with a StudyDate from DATE (YYYY-MM-DD)")
+    publish.add_argument("--until", type=_date, help="... up to DATE included (default: no end)")
+    publish.add_argument("--pacs", help="the configured upstream the studies are in (default: the first)")
+    publish.add_argument(
+        "--attempts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="attempts per study on transient failures (default 3)",
+    )
+    publish.add_argument("--config", type=Path, help="TOML configuration file (flags override it)")
+    publish.add_argument("--upstream", help="the default PACS as [NAME=]AET@HOST:PORT")
+    publish.add_argument("--public-url", dest="public_url", help="scheme://host[:port] clients reach the gateway at")
+    publish.add_argument("--fhir-publish-url", dest="fhir_publish_url", help="the FHIR server")
+    publish.add_argument("--log-level", dest="log_level", choices=("critical", "error", "warning", "info", "debug"))
     args = parser.parse_args(argv)
     try:
+        if args.command == "publish":
+            return _publish(args)
         return _serve(args) if args.command == "serve" else _demo(args)
     except ConfigError as exc:
         print(f"dicomweb-gateway: configuration error: {exc}", file=sys.stderr)

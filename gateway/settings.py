@@ -22,6 +22,10 @@ A configuration file looks like::
     [upstreams.main.capabilities]
     relational = false          # overrides what the profile or probing says
 
+    [fhir]                      # optional: publish ImagingStudy resources after STOW-RS
+    publish_url = "https://fhir.example.org/fhir"
+    publish_version = "R4"      # R4 | R5
+
 DICOM TLS to a PACS is ``tls = true`` in its table, with ``tls_ca`` (PEM CA bundle; default: the
 system's trust store), ``tls_cert`` and ``tls_key`` (the gateway's client certificate, for mutual
 TLS) and ``tls_server_name`` (the name its certificate must carry; default: ``host``). The C-MOVE
@@ -31,6 +35,7 @@ storage SCP takes ``store_tls``, ``store_tls_cert``, ``store_tls_key`` and ``sto
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -42,18 +47,22 @@ __all__ = [
     "PROFILES",
     "Capabilities",
     "ConfigError",
+    "FhirPublishSettings",
     "Settings",
     "UpstreamSettings",
+    "default_publish_queue_dir",
     "load_settings",
     "parse_upstream_address",
 ]
 
 RetrieveMethod = Literal["get", "move"]
+FhirVersion = Literal["R4", "R5"]
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE: no backslash, no control chars
 _SOP_CLASS = re.compile(r"^(?:[0-9.]{1,64}|[A-Za-z0-9]{1,80})$")
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")  # what a certificate's subjectAltName can carry
 _UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_HTTP_URL = re.compile(r"^https?://[^/?#\s]+(?:/[^?#\s]*)?$")
 _UPSTREAM_ADDRESS = re.compile(r"^(?:(?P<name>[A-Za-z0-9_-]+)=)?(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
 
@@ -217,6 +226,92 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True)
+class FhirPublishSettings:
+    """Where ImagingStudy resources are published after STOW-RS (the ``[fhir]`` table's ``publish_*`` keys).
+
+    The server is authenticated with a static ``bearer_token``, or with an OAuth2 client-credentials
+    grant (RFC 6749 §4.4: ``token_url``, ``client_id``, ``client_secret``), or not at all.
+    """
+
+    publish_url: str
+    """The FHIR server's base URL (``[base]``), without a trailing slash."""
+    publish_version: FhirVersion = "R4"
+    """The FHIR version the server runs; R4 (4.0.1) is what most deployed servers run."""
+    bearer_token: str = field(default="", repr=False)
+    token_url: str = ""
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    token_scope: str = ""
+    """The ``scope`` of the token request, e.g. ``system/ImagingStudy.write system/Endpoint.write``."""
+    token_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    """How the client authenticates to ``token_url`` (RFC 6749 §2.3.1): HTTP Basic, or in the form body."""
+    queue_dir: str = ""
+    """Where the publication queue lives, one file per study; empty: :func:`default_publish_queue_dir`."""
+    queue_max: int = 10000
+    """Studies the queue holds at most; a new study beyond that is refused (logged and counted)."""
+    publish_timeout: float = 30.0
+    """Seconds one HTTP request to the FHIR server (or its token endpoint) may take."""
+    publish_attempts: int = 30
+    """Attempts per study before a transient failure (5xx, 429, timeout, refused) is given up."""
+    publish_backoff: float = 1.0
+    """Seconds before the first retry; doubled at each further one, with jitter."""
+    publish_backoff_max: float = 600.0
+    """The longest wait between two attempts, unless the server's ``Retry-After`` asks for more."""
+    publish_concurrency: int = 2
+    """Studies published at once."""
+    publish_delay: float = 1.0
+    """Seconds a newly queued study waits, so that the STOW-RS requests of one upload coalesce."""
+
+    def __post_init__(self) -> None:
+        if not _HTTP_URL.match(self.publish_url) or self.publish_url.endswith("/"):
+            raise ConfigError(f"fhir.publish_url: {self.publish_url!r} is not an http(s) URL without a trailing '/'")
+        if self.publish_version not in ("R4", "R5"):
+            raise ConfigError(f"fhir.publish_version: {self.publish_version!r} is not 'R4' or 'R5'")
+        oauth = {"token_url": self.token_url, "client_id": self.client_id, "client_secret": self.client_secret}
+        given = [key for key, value in oauth.items() if value]
+        if self.bearer_token and given:
+            raise ConfigError(f"fhir.bearer_token and fhir.{given[0]}: give a bearer token or client credentials")
+        if given and len(given) < len(oauth):
+            missing = [key for key in oauth if key not in given]
+            raise ConfigError(f"fhir.{missing[0]}: OAuth2 client credentials need token_url, client_id, client_secret")
+        if self.token_url and not _HTTP_URL.match(self.token_url):
+            raise ConfigError(f"fhir.token_url: {self.token_url!r} is not an http(s) URL")
+        if self.token_auth_method not in ("client_secret_basic", "client_secret_post"):
+            raise ConfigError(
+                f"fhir.token_auth_method: {self.token_auth_method!r} is not client_secret_basic or client_secret_post"
+            )
+        if not 1 <= self.queue_max <= 10_000_000:
+            raise ConfigError(f"fhir.queue_max: {self.queue_max} is not between 1 and 10000000")
+        if not 0 < self.publish_timeout <= 3600:
+            raise ConfigError(f"fhir.publish_timeout: {self.publish_timeout} is not between 0 and 3600 seconds")
+        if not 1 <= self.publish_attempts <= 1000:
+            raise ConfigError(f"fhir.publish_attempts: {self.publish_attempts} is not between 1 and 1000")
+        if not 0 < self.publish_backoff <= self.publish_backoff_max <= 86400:
+            raise ConfigError(
+                f"fhir.publish_backoff ({self.publish_backoff}) and publish_backoff_max ({self.publish_backoff_max}):"
+                " 0 < publish_backoff <= publish_backoff_max <= 86400 seconds"
+            )
+        if not 1 <= self.publish_concurrency <= 64:
+            raise ConfigError(f"fhir.publish_concurrency: {self.publish_concurrency} is not between 1 and 64")
+        if not 0 <= self.publish_delay <= 3600:
+            raise ConfigError(f"fhir.publish_delay: {self.publish_delay} is not between 0 and 3600 seconds")
+
+    @property
+    def resolved_queue_dir(self) -> Path:
+        """``queue_dir``, or the default one when it is empty."""
+        return Path(self.queue_dir).expanduser() if self.queue_dir else default_publish_queue_dir()
+
+
+def default_publish_queue_dir() -> Path:
+    """``$XDG_STATE_HOME/dicomweb-gateway/fhir-publish`` (``~/.local/state/...``): state that outlives a restart.
+
+    Not under ``cache_dir``, which is a temporary directory by default and whose content may be evicted.
+    """
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "dicomweb-gateway" / "fhir-publish"
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the gateway process needs; built once at startup."""
 
@@ -252,6 +347,8 @@ class Settings:
     """PEM private key (unencrypted) of `store_tls_cert`."""
     store_tls_ca: str = ""
     """PEM file of CAs: when set, every PACS must present a client certificate signed by one of them."""
+    fhir_publish: FhirPublishSettings | None = None
+    """Publishing ImagingStudy resources to a FHIR server; ``None``: not configured."""
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -283,6 +380,9 @@ class Settings:
         _check_tls("gateway", "store_tls", self.store_tls, store_tls_paths, pair=("store_tls_cert", "store_tls_key"))
         if self.store_tls and not self.store_tls_cert:
             raise ConfigError("gateway.store_tls needs gateway.store_tls_cert and gateway.store_tls_key")
+        if self.fhir_publish is not None and not self.public_url:
+            # The published Endpoints tell FHIR clients where the images are: a Host header cannot.
+            raise ConfigError("fhir.publish_url needs gateway.public_url (the DICOMweb address FHIR clients follow)")
 
     @property
     def default_upstream(self) -> UpstreamSettings:
@@ -325,6 +425,34 @@ def _upstream_from_table(name: str, table: Mapping[str, Any]) -> UpstreamSetting
         raise ConfigError(f"upstreams.{name}: {exc}") from exc
 
 
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number"}
+
+
+def _fhir_publish_from_table(table: Mapping[str, Any], url_flag: str | None) -> FhirPublishSettings | None:
+    """The ``[fhir]`` table's publishing keys (and ``--fhir-publish-url``); ``None`` without a publish_url."""
+    known = {f.name for f in fields(FhirPublishSettings)}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"fhir: unknown keys {sorted(unknown)}")
+    values = {key: value for key, value in table.items() if key in known}
+    defaults = {f.name: f.default for f in fields(FhirPublishSettings)}
+    for key, value in values.items():
+        kind = str if key == "publish_url" else type(defaults[key])
+        accepted = (int, float) if kind is float else kind
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise ConfigError(f"fhir.{key}: {value!r} is not {_KIND_NAMES[kind]}")
+    if url_flag is not None:
+        values["publish_url"] = url_flag
+    if not values.get("publish_url"):
+        if values:
+            raise ConfigError(f"fhir: {sorted(values)[0]} is set but publish_url is not")
+        return None
+    try:
+        return FhirPublishSettings(**values)
+    except TypeError as exc:
+        raise ConfigError(f"fhir: {exc}") from exc
+
+
 def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
     """Build :class:`Settings` from an optional TOML file and flag overrides.
 
@@ -335,23 +463,26 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
     **overrides
         Values from the command line; ``None`` means "not given". ``upstream`` (a string
         ``[NAME=]AET@HOST:PORT``) replaces or adds the default upstream, and ``retrieve``
-        applies to it.
+        applies to it. ``fhir_publish_url`` sets or replaces ``[fhir] publish_url``.
     """
     gateway_table: dict[str, Any] = {}
+    fhir_table: dict[str, Any] = {}
     upstreams: list[UpstreamSettings] = []
     if config_path is not None:
         try:
             document = tomllib.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {config_path}: {exc}") from exc
-        unknown = set(document) - {"gateway", "upstreams"}
+        unknown = set(document) - {"gateway", "upstreams", "fhir"}
         if unknown:
             raise ConfigError(f"{config_path}: unknown tables {sorted(unknown)}")
         gateway_table = dict(document.get("gateway", {}))
         upstreams = [_upstream_from_table(name, table) for name, table in document.get("upstreams", {}).items()]
+        fhir_table = dict(document.get("fhir", {}))
 
     upstream_flag = overrides.pop("upstream", None)
     retrieve_flag = overrides.pop("retrieve", None)
+    fhir_publish = _fhir_publish_from_table(fhir_table, overrides.pop("fhir_publish_url", None))
     if upstream_flag is not None:
         flagged = parse_upstream_address(upstream_flag)
         existing = next((u for u in upstreams if u.name == flagged.name), None)
@@ -361,7 +492,7 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
     if retrieve_flag is not None and upstreams:
         upstreams[0] = replace(upstreams[0], retrieve=retrieve_flag)
 
-    known = {f.name for f in fields(Settings)} - {"upstreams"}
+    known = {f.name for f in fields(Settings)} - {"upstreams", "fhir_publish"}
     unknown = set(gateway_table) - known
     if unknown:
         raise ConfigError(f"gateway: unknown keys {sorted(unknown)}")
@@ -369,6 +500,6 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
     if "cors_origins" in values:
         values["cors_origins"] = tuple(values["cors_origins"])
     try:
-        return Settings(upstreams=tuple(upstreams), **values)
+        return Settings(upstreams=tuple(upstreams), fhir_publish=fhir_publish, **values)
     except TypeError as exc:
         raise ConfigError(f"gateway: {exc}") from exc

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import uvicorn
@@ -23,10 +24,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_gateway(settings: Settings) -> Iterator[str]:
-    """Serve the gateway for `settings` with a real uvicorn; yields its DICOMweb root URL."""
+def live_gateway(settings: Settings, **app_options: Any) -> Iterator[str]:
+    """Serve the gateway for `settings` with a real uvicorn; yields its DICOMweb root URL.
+
+    `app_options` go to :func:`gateway.app.create_app` (e.g. ``publisher_factory``).
+    """
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    app = create_app(settings, **app_options)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

@@ -4,6 +4,9 @@ The body is parsed as it arrives; each complete part is handed to one of ``store
 workers, which reads its header, checks it against the target study and C-STOREs it. The hand-off
 has no buffer, so the body is read no faster than the PACS takes instances: at most one spilled
 part per worker plus the one being received exist on disk at any time.
+
+Every study that got at least one instance is then queued for FHIR publishing, when it is
+configured (:mod:`gateway.fhir.publish`); queuing never waits and never fails the request.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from starlette.responses import Response
 
 from gateway.dimse.store import PROCESSING_FAILURE
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, PoolExhausted, UnsupportedMediaType, UpstreamError
+from gateway.fhir.publish.publisher import Publisher
 from gateway.part10 import NotDicom
 from gateway.query.dicomjson import encode_json
 from gateway.query.params import parse_uid
@@ -55,6 +59,8 @@ class _Report:
     outcomes: dict[int, Stored | Failed | OtherFailure] = field(default_factory=dict)
     upstream_errors: list[UpstreamError] = field(default_factory=list)
     """Failures to get an association at all: when nothing else happened, the request's error."""
+    stored_studies: set[str] = field(default_factory=set)
+    """StudyInstanceUIDs of which at least one instance was stored."""
 
 
 def _body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
@@ -146,6 +152,7 @@ async def _store_part(part: Part, upstream: Upstream, study: str | None, root: s
         )
     # What the WADO-RS cache holds of this instance and its series is stale from now on.
     upstream.retrieval.cache.forget(header.study_instance_uid, header.series_instance_uid, sop_instance)
+    report.stored_studies.add(str(header.study_instance_uid))
     url = f"{root}/studies/{header.study_instance_uid}/series/{header.series_instance_uid}/instances/{sop_instance}"
     report.outcomes[part.index] = Stored(sop_class, sop_instance, url, result.status if result.warning else None)
 
@@ -161,9 +168,10 @@ async def _store_worker(
                 part.path.unlink(missing_ok=True)
 
 
-async def _store_all(parts: AsyncIterator[Part], upstream: Upstream, study: str | None, root: str) -> _Report:
-    """Store every part; a body that turns out malformed is recorded in the report, not raised."""
-    report = _Report()
+async def _store_all(
+    parts: AsyncIterator[Part], upstream: Upstream, study: str | None, root: str, report: _Report
+) -> None:
+    """Store every part into `report`; a body that turns out malformed is recorded in it, not raised."""
     body_error: Exception | None = None
     send, receive = anyio.create_memory_object_stream[Part](0)
     async with anyio.create_task_group() as workers:
@@ -187,7 +195,14 @@ async def _store_all(parts: AsyncIterator[Part], upstream: Upstream, study: str 
         if isinstance(body_error, GatewayError):
             body_error.detail += f" ({stored} instances were stored before that)" if stored else ""
         raise body_error
-    return report
+
+
+def _publish_stored(request: Request, upstream: Upstream, report: _Report) -> None:
+    """Queue every study that got instances for FHIR publishing; never delays or fails the answer."""
+    publisher: Publisher | None = getattr(request.app.state, "publisher", None)
+    if publisher is not None:
+        for study_uid in sorted(report.stored_studies):
+            publisher.enqueue(upstream.name, study_uid)
 
 
 async def store_instances(request: Request) -> Response:
@@ -199,9 +214,13 @@ async def store_instances(request: Request) -> Response:
     if study is not None:
         study = parse_uid(study, "study")
     root = service.root_url(request)
-    with tempfile.TemporaryDirectory(prefix="dicomweb-gateway-stow-") as workdir:
-        parts = _parts(request, Path(workdir), settings.max_upload_bytes)
-        report = await _store_all(parts, service.upstream, study, root)
+    report = _Report()
+    try:
+        with tempfile.TemporaryDirectory(prefix="dicomweb-gateway-stow-") as workdir:
+            parts = _parts(request, Path(workdir), settings.max_upload_bytes)
+            await _store_all(parts, service.upstream, study, root, report)
+    finally:  # also when the body fails after some instances were stored
+        _publish_stored(request, service.upstream, report)
 
     outcomes = [report.outcomes[index] for index in sorted(report.outcomes)]
     stored = [o for o in outcomes if isinstance(o, Stored)]

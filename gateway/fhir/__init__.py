@@ -1,0 +1,1 @@
+"""FHIR: ImagingStudy and Endpoint resources built from the PACS, served and published."""
