@@ -25,12 +25,16 @@ A configuration file looks like::
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from gateway.environment import UPSTREAM_VARIABLE, VariableError, environment_document
 
 __all__ = [
     "PROFILES",
@@ -193,6 +197,10 @@ class Settings:
     max_upload_bytes: int = 4 * 1024**3
     """Largest STOW-RS request body accepted (413 above it); uploads are spilled to temporary files."""
     log_level: str = "info"
+    log_format: str = "text"
+    """``text`` (one readable line per record) or ``json`` (one JSON object per line, with the request id)."""
+    metrics: bool = True
+    """Serve ``GET /metrics`` (Prometheus) and count requests for it."""
     cache_dir: str = ""
     """Where retrieved instances are cached; empty: a temporary directory removed at shutdown."""
     cache_max_bytes: int = 2 * 1024**3
@@ -222,6 +230,10 @@ class Settings:
             raise ConfigError(f"gateway.max_upload_bytes: {self.max_upload_bytes} must be positive")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise ConfigError(f"gateway.log_level: {self.log_level!r} is not a log level")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"gateway.log_format: {self.log_format!r} is not 'text' or 'json'")
+        if not isinstance(self.metrics, bool):
+            raise ConfigError(f"gateway.metrics: {self.metrics!r} is not true or false")
 
     @property
     def default_upstream(self) -> UpstreamSettings:
@@ -264,39 +276,80 @@ def _upstream_from_table(name: str, table: Mapping[str, Any]) -> UpstreamSetting
         raise ConfigError(f"upstreams.{name}: {exc}") from exc
 
 
-def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
-    """Build :class:`Settings` from an optional TOML file and flag overrides.
+def _key_type(path: tuple[str, ...]) -> object:
+    """The type of the configuration key at `path`, for values read from the environment."""
+    owner: object = None
+    if path[0] == "gateway" and len(path) == 2:
+        owner = Settings
+    elif path[0] == "upstreams" and len(path) == 3:
+        owner = UpstreamSettings
+    elif path[0] == "upstreams" and len(path) == 4 and path[2] == "capabilities":
+        owner = Capabilities
+    elif len(path) == 2:  # a table of its own, held by a Settings field of the same name
+        owner = typing.get_type_hints(Settings).get(path[0])
+    if not dataclasses.is_dataclass(owner):
+        return None
+    return typing.get_type_hints(owner).get(path[-1])
+
+
+def _laid_over(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with every value of `top` put in its place, tables merged key by key."""
+    merged = dict(base)
+    for key, value in top.items():
+        below = merged.get(key)
+        merged[key] = _laid_over(below, value) if isinstance(value, dict) and isinstance(below, dict) else value
+    return merged
+
+
+def load_settings(
+    config_path: Path | None = None, *, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Build :class:`Settings` from an optional TOML file, environment variables and flag overrides.
+
+    Flags win over the environment, which wins over the file, which wins over the defaults.
 
     Parameters
     ----------
     config_path : pathlib.Path, optional
         A TOML file with a ``[gateway]`` table and one ``[upstreams.NAME]`` table per PACS.
+    environ : mapping, optional
+        Environment variables; the ``GATEWAY_*`` ones are read (see :mod:`gateway.environment`).
     **overrides
         Values from the command line; ``None`` means "not given". ``upstream`` (a string
         ``[NAME=]AET@HOST:PORT``) replaces or adds the default upstream, and ``retrieve``
         applies to it.
     """
-    gateway_table: dict[str, Any] = {}
-    upstreams: list[UpstreamSettings] = []
+    environ = environ or {}
+    document: dict[str, Any] = {}
     if config_path is not None:
         try:
             document = tomllib.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {config_path}: {exc}") from exc
-        unknown = set(document) - {"gateway", "upstreams"}
-        if unknown:
-            raise ConfigError(f"{config_path}: unknown tables {sorted(unknown)}")
-        gateway_table = dict(document.get("gateway", {}))
-        upstreams = [_upstream_from_table(name, table) for name, table in document.get("upstreams", {}).items()]
-
-    upstream_flag = overrides.pop("upstream", None)
-    retrieve_flag = overrides.pop("retrieve", None)
+    try:
+        document = _laid_over(document, environment_document(environ, _key_type))
+    except VariableError as exc:
+        raise ConfigError(str(exc)) from exc
+    upstream_flag = overrides.pop("upstream", None) or environ.get(UPSTREAM_VARIABLE) or None
     if upstream_flag is not None:
-        flagged = parse_upstream_address(upstream_flag)
-        existing = next((u for u in upstreams if u.name == flagged.name), None)
-        base = existing if existing is not None else flagged
-        flagged = replace(base, ae_title=flagged.ae_title, host=flagged.host, port=flagged.port)
-        upstreams = [flagged] + [u for u in upstreams if u.name != flagged.name]
+        # The address completes (or creates) that upstream's table, so its other keys may come from anywhere.
+        address = parse_upstream_address(upstream_flag)
+        tables = document.setdefault("upstreams", {})
+        tables[address.name] = {
+            **tables.get(address.name, {}),
+            "ae_title": address.ae_title,
+            "host": address.host,
+            "port": address.port,
+        }
+    unknown = set(document) - {"gateway", "upstreams"}
+    if unknown:
+        raise ConfigError(f"{config_path or 'environment'}: unknown tables {sorted(unknown)}")
+    gateway_table: dict[str, Any] = dict(document.get("gateway", {}))
+    upstreams = [_upstream_from_table(name, table) for name, table in document.get("upstreams", {}).items()]
+
+    retrieve_flag = overrides.pop("retrieve", None)
+    if upstream_flag is not None:  # that upstream becomes the default one
+        upstreams.sort(key=lambda upstream: upstream.name != address.name)
     if retrieve_flag is not None and upstreams:
         upstreams[0] = replace(upstreams[0], retrieve=retrieve_flag)
 
