@@ -17,9 +17,12 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapp
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from gateway.errors import PoolExhausted, UpstreamTimeout
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -35,8 +38,10 @@ __all__ = [
     "REGISTRY",
     "STORED_INSTANCES",
     "MetricsMiddleware",
+    "DimseTimer",
     "UpstreamsCollector",
     "render",
+    "time_dimse_operation",
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -75,6 +80,38 @@ STORED_INSTANCES = Counter(
     ("upstream", "outcome"),
     registry=REGISTRY,
 )
+
+
+class DimseTimer:
+    """Times one DIMSE operation into :data:`DIMSE_OPERATIONS`; set :attr:`outcome` before it ends.
+
+    An operation left by an exception counts as ``timeout``, ``pool_exhausted`` or ``error``
+    (``cancelled`` when the request itself was cancelled), whatever :attr:`outcome` said.
+    """
+
+    def __init__(self, upstream: str, kind: str) -> None:
+        self.upstream = upstream
+        self.kind = kind
+        self.outcome = "error"
+
+    def __enter__(self) -> DimseTimer:
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, anyio.get_cancelled_exc_class()):
+            self.outcome = "cancelled"
+        elif exc is not None:
+            self.outcome = next((name for kind, name in _EXCEPTION_OUTCOMES if isinstance(exc, kind)), "error")
+        DIMSE_OPERATIONS.labels(self.upstream, self.kind, self.outcome).observe(time.perf_counter() - self._started)
+
+
+_EXCEPTION_OUTCOMES = ((UpstreamTimeout, "timeout"), (PoolExhausted, "pool_exhausted"))
+
+
+def time_dimse_operation(upstream: str, kind: str) -> DimseTimer:
+    """A context manager timing one ``kind`` operation (echo, find, get, move, store) on `upstream`."""
+    return DimseTimer(upstream, kind)
 
 
 class UpstreamsCollector(Collector):

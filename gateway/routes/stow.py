@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from gateway.dimse.store import PROCESSING_FAILURE
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, PoolExhausted, UnsupportedMediaType, UpstreamError
+from gateway.metrics import STORED_INSTANCES
 from gateway.part10 import NotDicom
 from gateway.query.dicomjson import encode_json
 from gateway.query.params import parse_uid
@@ -161,6 +162,12 @@ async def _store_worker(
                 part.path.unlink(missing_ok=True)
 
 
+def _outcome_label(outcome: Stored | Failed | OtherFailure) -> str:
+    if isinstance(outcome, Stored):
+        return "stored" if outcome.warning_reason is None else "warning"
+    return "failed" if isinstance(outcome, Failed) else "not_dicom"
+
+
 async def _store_all(parts: AsyncIterator[Part], upstream: Upstream, study: str | None, root: str) -> _Report:
     """Store every part; a body that turns out malformed is recorded in the report, not raised."""
     report = _Report()
@@ -176,6 +183,8 @@ async def _store_all(parts: AsyncIterator[Part], upstream: Upstream, study: str 
                     await send.send(part)
             except Exception as exc:  # a malformed or oversized body, the client hanging up
                 body_error = exc
+    for outcome in report.outcomes.values():
+        STORED_INSTANCES.labels(upstream.name, _outcome_label(outcome)).inc()
     if isinstance(body_error, MultipartError) and report.outcomes:
         stored = sum(isinstance(o, Stored) for o in report.outcomes.values())
         logger.error("STOW-RS body malformed after %d parts (%d stored): %s", len(report.outcomes), stored, body_error)
