@@ -46,7 +46,7 @@ __all__ = [
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-disable_created_metrics()  # no ``*_created`` series: twice the lines, and Prometheus does not use them
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no ``*_created`` series: twice the lines, and Prometheus does not use them
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 """Every metric of the gateway (not prometheus-client's global registry: tests build many apps)."""
