@@ -176,7 +176,9 @@ class UpstreamsCollector(Collector):
             cache_instances.add_metric([upstream.name], len(cache))
             lookups.add_metric([upstream.name, "hit"], counters["hits"])
             lookups.add_metric([upstream.name, "miss"], counters["misses"])
-        yield from (size, waiting, opened, destroyed, failed, cache_bytes, cache_instances, lookups)
+        moves = GaugeMetricFamily("gateway_moves_in_flight", "C-MOVEs whose instances the storage SCP is waiting for.")
+        moves.add_metric([], len(self._upstreams.router) if self._upstreams.router is not None else 0)
+        yield from (size, waiting, opened, destroyed, failed, cache_bytes, cache_instances, lookups, moves)
 
 
 def render(*registries: CollectorRegistry) -> bytes:

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
@@ -263,6 +264,29 @@ def test_a_burst_of_parallel_frame_requests_as_ohif_sends_them(ohif_gateway: str
     sequential = [frame(number) for number in (1, FRAMES // 2, FRAMES)]
     assert [body for _, body in parallel] == expected
     assert [body for _, body in sequential] == [expected[0], expected[FRAMES // 2 - 1], expected[FRAMES - 1]]
+
+    # The scrape counts them under the route's template, with the DIMSE operations that served them.
+    scrape = httpx.get(ohif_gateway.rsplit("/", 1)[0] + "/metrics").text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(scrape)
+        for sample in family.samples
+    }
+    route = "/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{frames}"
+    requests = samples[
+        ("gateway_http_request_duration_seconds_count", (("method", "GET"), ("route", route), ("status", "200")))
+    ]
+    assert requests >= FRAMES + 3
+    assert (
+        samples[
+            (
+                "gateway_dimse_operation_duration_seconds_count",
+                (("kind", "get"), ("outcome", "success"), ("upstream", "default")),
+            )
+        ]
+        >= 1
+    )
+    assert str(ds.SOPInstanceUID) not in scrape
 
 
 # -- Person names with non-ASCII characters in front of Orthanc ---------------------------------------------

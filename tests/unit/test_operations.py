@@ -85,6 +85,7 @@ def test_metrics_scrape_counts_requests_by_route_template() -> None:
     assert samples[("gateway_pool_associations", pool)] == 4
     assert ("gateway_cache_bytes", (("kind", "max"), ("upstream", "default"))) in samples
     assert ("gateway_cache_lookups_total", (("result", "hit"), ("upstream", "default"))) in samples
+    assert samples[("gateway_moves_in_flight", ())] == 0
     assert _get("/metrics", metrics=False).status_code == 404
 
 
