@@ -901,9 +901,15 @@ def run_observability(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             for round_number in range(args.runs):
                 order = list(gateways) if round_number % 2 == 0 else list(reversed(gateways))
                 for name in order:
-                    root = gateways[name].root
-                    retrieves[name].append(http_retrieve(f"{root}/studies/{study.study_uid}", STUDY_ACCEPT))
-                    viewers[name].append(viewer_pass(root, study, args.concurrency))
+                    gateway = gateways[name]
+                    cpu = gateway.cpu_seconds()
+                    retrieved = http_retrieve(f"{gateway.root}/studies/{study.study_uid}", STUDY_ACCEPT)
+                    retrieves[name].append(retrieved | {"gateway_cpu_s": gateway.cpu_seconds() - cpu})
+                    cpu = gateway.cpu_seconds()
+                    passed = viewer_pass(gateway.root, study, args.concurrency)
+                    viewers[name].append(
+                        passed | {"gateway_cpu_ms_per_frame": (gateway.cpu_seconds() - cpu) * 1000 / passed["frames"]}
+                    )
                 print(f"  round {round_number + 1} of {args.runs}", file=sys.stderr, flush=True)
     results["retrieve"] = retrieves
     results["viewer_warm"] = viewers
@@ -922,8 +928,9 @@ def report_observability(results: dict[str, Any]) -> str:
         f"WADO-RS, {results['slices']} CT slices, gateway `--retrieve get`, /metrics and JSON logs on vs. off "
         f"(log level info for both), medians of {results['runs']} alternating rounds:",
         "",
-        "| gateway | study MB/s | MB/s of each round | warm viewer frames/s | frame p50 ms |",
-        "| --- | --- | --- | --- | --- |",
+        "| gateway | study MB/s | MB/s of each round | gateway CPU s/study | warm viewer frames/s | frame p50 ms "
+        "| gateway CPU ms/frame |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in retrieve:
         each = ", ".join(f"{run['mb_per_s']:.1f}" for run in retrieve[name])
@@ -931,13 +938,20 @@ def report_observability(results: dict[str, Any]) -> str:
             name,
             f"{median(retrieve[name], 'mb_per_s'):.1f}",
             each,
+            f"{median(retrieve[name], 'gateway_cpu_s'):.2f}",
             f"{median(viewer[name], 'frames_per_s'):.0f}",
             f"{median(viewer[name], 'frame_p50_ms'):.1f}",
+            f"{median(viewer[name], 'gateway_cpu_ms_per_frame'):.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     throughput = median(retrieve["on"], "mb_per_s") / median(retrieve["off"], "mb_per_s")
     frames = median(viewer["on"], "frames_per_s") / median(viewer["off"], "frames_per_s")
-    lines += ["", f"- on / off: study throughput {throughput:.3f} (target: at least 0.97), warm frames/s {frames:.3f}"]
+    cpu = median(retrieve["on"], "gateway_cpu_s") / median(retrieve["off"], "gateway_cpu_s")
+    lines += [
+        "",
+        f"- on / off: study throughput {throughput:.3f} (target: at least 0.97), gateway CPU per study {cpu:.3f}, "
+        f"warm frames/s {frames:.3f}",
+    ]
     return "\n".join(lines)
 
 

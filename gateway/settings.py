@@ -1,8 +1,10 @@
 """The gateway's configuration: one frozen :class:`Settings`, validated when it is built.
 
-Settings come from a TOML file (``--config``) and command-line flags, flags winning. Every
-value is checked on construction so that a bad configuration stops the process at startup
-with a message naming the offending key, instead of failing on the first request.
+Settings come from a TOML file (``--config``), ``GATEWAY_*`` environment variables
+(:mod:`gateway.environment`) and command-line flags: flags win over the environment, which wins
+over the file. Every value is checked on construction so that a bad configuration stops the
+process at startup with a message naming the offending key, instead of failing on the first
+request.
 
 A configuration file looks like::
 
