@@ -222,6 +222,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, watch)
         finally:
             HTTP_IN_FLIGHT.dec()
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            path: str | None = getattr(scope.get("route"), "path", None)
+            # Inside a Mount the route's path is relative: its prefix is what the Mount added to root_path.
+            mount = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
+            template = mount + path if path is not None else "unmatched"
             HTTP_REQUESTS.labels(scope["method"], template, str(status)).observe(time.perf_counter() - started)

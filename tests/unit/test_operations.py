@@ -142,3 +142,28 @@ def test_configure_logging_json_writes_one_object_per_line(capsys: pytest.Captur
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_routes_inside_a_mount_are_labelled_with_their_full_template() -> None:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    from gateway.metrics import HTTP_REQUESTS, MetricsMiddleware
+
+    async def patient(request: object) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(
+        routes=[Mount("/fhir-test", routes=[Route("/Patient/{id}", patient)])],
+        middleware=[Middleware(MetricsMiddleware)],
+    )
+
+    async def get() -> int:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as client:
+            return (await client.get("/fhir-test/Patient/123")).status_code
+
+    assert asyncio.run(get()) == 200
+    counted = HTTP_REQUESTS.labels("GET", "/fhir-test/Patient/{id}", "200")._sum.get()  # type: ignore[attr-defined]
+    assert counted > 0
