@@ -127,6 +127,9 @@ def test_image_runs_from_environment_variables_alone(tmp_path: Path) -> None:
                 "default": f"http://127.0.0.1:{port}/dicom-web/upstreams/default"
             }
     assert _health(env) == 1  # stopped
+    records = [json.loads(line) for line in placeholder.with_suffix(".log").read_text().splitlines()]
+    assert {"time", "level", "logger", "message", "request_id", "upstream"} <= set(records[0])
+    assert any(r["request_id"] == "container-1" and r["logger"] == "uvicorn.access" for r in records)
 
 
 def test_mounted_configuration_port_is_honoured(tmp_path: Path) -> None:
