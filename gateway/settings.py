@@ -79,6 +79,8 @@ class Capabilities:
     """PN matching ignores case, as the gateway promises to its clients."""
     fuzzy_matching: bool | None = None
     """Fuzzy semantic matching of person names (negotiated with extended negotiation)."""
+    uid_list_matching: bool | None = None
+    """UID lists (``StudyInstanceUID=1.2\\1.3``, PS3.4 C.2.2.2.2); pynetdicom's qrscp fails them (0xC320)."""
 
     def merged(self, overrides: Capabilities) -> Capabilities:
         """Return these capabilities with every non-``None`` value of `overrides` applied."""
@@ -94,13 +96,14 @@ class Capabilities:
 PROFILES: dict[str, Capabilities] = {
     # Measured: Orthanc 1.10 does list matching, relational queries, computed attributes and
     # case-insensitive person names; it has no fuzzy semantic matching over DIMSE.
-    "orthanc": Capabilities(True, True, True, True, False),
+    "orthanc": Capabilities(True, True, True, True, False, True),
     # Measured: dcmqrscp and pynetdicom's qrscp are hierarchical only, ignore
-    # ModalitiesInStudy and return no counts; dcmqrscp matches names case-sensitively.
-    "dcmqrscp": Capabilities(False, False, False, False, False),
-    "qrscp": Capabilities(False, False, False, False, False),
+    # ModalitiesInStudy and return no counts; dcmqrscp matches names case-sensitively;
+    # qrscp answers a UID list with 0xC320 (it takes the list for a single value).
+    "dcmqrscp": Capabilities(False, False, False, False, False, True),
+    "qrscp": Capabilities(False, False, False, False, False, False),
     # Assume nothing: always correct, the most C-FINDs.
-    "legacy": Capabilities(False, False, False, False, False),
+    "legacy": Capabilities(False, False, False, False, False, False),
     # Learn by probing the PACS; until a flag is known it is treated as unsupported.
     "auto": Capabilities(),
 }

@@ -99,6 +99,8 @@ def _send_upstream(key: MatchKey, caps: Capabilities) -> bool:
         return False
     if key.match_type is MatchType.LIST and key.vr != "UI":
         return bool(caps.list_matching)
+    if key.match_type is MatchType.LIST:
+        return bool(caps.uid_list_matching)
     if key.vr == "PN":
         return bool(caps.case_insensitive_pn)
     return True

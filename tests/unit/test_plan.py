@@ -102,3 +102,12 @@ def test_nested_keys_are_sent_as_given_since_they_are_not_rechecked() -> None:
     query = parse_qido_query(QueryLevel.SERIES, [("00400275.00401001", "RP?")])
     (key,) = plan_search(query, CAPABLE).upstream_keys[QueryLevel.SERIES]
     assert key.values == ("RP?",)
+
+
+def test_uid_lists_go_upstream_only_where_they_work() -> None:
+    query = parse_qido_query(QueryLevel.STUDY, [("StudyInstanceUID", "1.2.3\\1.2.4")])
+    assert keywords(plan_search(query, CAPABLE).upstream_keys[QueryLevel.STUDY]) == {"StudyInstanceUID"}
+    assert keywords(plan_search(query, PROFILES["dcmqrscp"]).upstream_keys[QueryLevel.STUDY]) == {"StudyInstanceUID"}
+    qrscp = plan_search(query, PROFILES["qrscp"])
+    assert keywords(qrscp.upstream_keys[QueryLevel.STUDY]) == set()
+    assert keywords(qrscp.local_keys[QueryLevel.STUDY]) == {"StudyInstanceUID"}
