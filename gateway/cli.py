@@ -25,7 +25,7 @@ from pathlib import Path
 import uvicorn
 
 from gateway.app import create_app
-from gateway.environment import CONFIG_VARIABLE
+from gateway.environment import CONFIG_VARIABLE, UPSTREAM_VARIABLE
 from gateway.logs import configure_logging
 from gateway.settings import ConfigError, Settings, load_settings
 
@@ -34,6 +34,7 @@ __all__ = ["main"]
 logger = logging.getLogger("gateway")
 
 
+_ANY_UPSTREAM = "HEALTH@127.0.0.1:104"
 EXIT_CONFIG = 2
 EXIT_CANNOT_LISTEN = 3
 
@@ -139,6 +140,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _health(args: argparse.Namespace) -> int:
     """GET /health of the gateway these settings describe (the container's HEALTHCHECK)."""
+    # Only the host and port matter here: a configuration without an upstream (the demo's) is fine.
+    args.upstream = os.environ.get(UPSTREAM_VARIABLE) or _ANY_UPSTREAM
     settings = _settings(args)
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host, settings.host)
     url = f"http://{f'[{host}]' if ':' in host else host}:{settings.port}/health"

@@ -179,3 +179,4 @@ def test_demo_runs_and_its_printed_client_example_works(tmp_path: Path) -> None:
         first = generate_sample_studies(3)[0]
         assert isinstance(instances, list) and len(instances) == first.instance_count
         assert f"http://127.0.0.1:{port}/dicom-web" in text
+        assert _health(env) == 0  # the image's health check, with the demo's configuration
