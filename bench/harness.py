@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -10,18 +11,31 @@ from pathlib import Path
 
 from gateway.demo.pacs import free_port
 
-__all__ = ["start_gateway"]
+__all__ = ["OBSERVABILITY", "start_gateway"]
+
+OBSERVABILITY: dict[str, tuple[list[str], dict[str, str]]] = {
+    # (flags, environment) of the two gateways `--observability` compares, at the same log level
+    # (info: uvicorn logs every request) so that only /metrics and the log format differ.
+    "on": (["--log-level", "info", "--log-format", "json"], {"GATEWAY_METRICS": "true"}),
+    "off": (["--log-level", "info", "--log-format", "text"], {"GATEWAY_METRICS": "false"}),
+}
+"""Metrics and JSON logs on, and both off: the overhead comparison of bench/qido.py and bench/wado.py."""
 
 
-def start_gateway(arguments: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(
+    arguments: list[str], log: Path, environ: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """``dicomweb-gateway serve --host 127.0.0.1 --port P *arguments``, once it answers /health.
+
+    `environ` adds variables to the process's environment (``GATEWAY_*`` settings).
 
     Returns the process and its DICOMweb root URL.
     """
     port = free_port()
     command = [str(Path(sys.executable).with_name("dicomweb-gateway")), "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), *arguments]
-    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    env = os.environ | (environ or {})
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:

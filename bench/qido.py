@@ -13,6 +13,11 @@ Prints a Markdown table (p50 and p95 latency in ms, throughput in requests/s) an
 writes the raw numbers as JSON. Talks only to 127.0.0.1 and stops by itself.
 
     .venv/bin/python bench/qido.py [--studies 48] [--requests 200] [--out bench/results/qido.json]
+
+``--observability`` measures instead the gateway with /metrics and JSON logs on against the same
+gateway with both off, two processes in front of the same Orthanc, in alternating rounds.
+
+    .venv/bin/python bench/qido.py --observability [--rounds 6] [--requests 200]
 """
 
 from __future__ import annotations
@@ -134,6 +139,63 @@ def start_gateway(upstream: str, workdir: Path) -> tuple[subprocess.Popen[bytes]
     return harness.start_gateway(["--upstream", upstream, "--log-level", "warning"], workdir / "gateway.log")
 
 
+def measure_observability(studies: int, requests: int, rounds: int) -> dict[str, list[dict[str, float]]]:
+    """/metrics and JSON logs on vs. off: `rounds` alternating rounds of `requests` at concurrency 1 on each."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in harness.OBSERVABILITY}
+    with tempfile.TemporaryDirectory(prefix="bench-qido-obs-") as tmp, OrthancPacs(Path(tmp) / "orthanc") as orthanc:
+        orthanc.store(iter_sample_datasets(generate_sample_studies(studies)))
+        gateways = {}
+        try:
+            for name, (flags, environ) in harness.OBSERVABILITY.items():
+                log = Path(tmp) / f"gateway-{name}.log"
+                gateways[name] = harness.start_gateway(["--upstream", orthanc.upstream, *flags], log, environ)
+            for round_number in range(rounds):
+                # Alternate which goes first, so that neither always follows the other.
+                order = list(gateways) if round_number % 2 == 0 else list(reversed(gateways))
+                for name in order:
+                    process, root = gateways[name]
+                    runs[name].append(measure(http_query(f"{root}/studies"), requests, 1, process.pid))
+                print(f"  round {round_number + 1} of {rounds}", file=sys.stderr, flush=True)
+        finally:
+            for process, _ in gateways.values():
+                process.terminate()
+                process.wait(timeout=15)
+    return runs
+
+
+def report_observability(runs: dict[str, list[dict[str, float]]]) -> str:
+    """A table of the medians over the rounds, and the on/off ratios."""
+    medians = {
+        name: {key: statistics.median(run[key] for run in results) for key in results[0] if key != "matches"}
+        for name, results in runs.items()
+    }
+    lines = [
+        "QIDO-RS `/studies?ModalitiesInStudy=CT`, concurrency 1, /metrics and JSON logs on vs. off "
+        f"(log level info for both), medians of {len(runs['on'])} alternating rounds:",
+        "",
+        "| gateway | p50 ms | p95 ms | requests/s | gateway CPU ms/request | p50 of each round |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, m in medians.items():
+        each = ", ".join(f"{run['p50_ms']:.1f}" for run in runs[name])
+        cells = [
+            name,
+            f"{m['p50_ms']:.1f}",
+            f"{m['p95_ms']:.1f}",
+            f"{m['throughput_rps']:.0f}",
+            f"{m['server_cpu_ms_per_request']:.2f}",
+            each,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    on, off = medians["on"], medians["off"]
+    lines += [
+        "",
+        f"- p50 on / off = {on['p50_ms'] / off['p50_ms']:.3f} (target: at most 1.03); "
+        f"gateway CPU per request on / off = {on['server_cpu_ms_per_request'] / off['server_cpu_ms_per_request']:.3f}",
+    ]
+    return "\n".join(lines)
+
+
 def measure_legacy(studies: int, requests: int) -> dict[str, dict[str, float]]:
     """The cost of emulation: the same query through the gateway in front of dcmqrscp."""
     with tempfile.TemporaryDirectory(prefix="bench-qido-legacy-") as tmp, DcmqrscpPacs(Path(tmp) / "pacs") as pacs:
@@ -155,7 +217,17 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200, help="requests per method and concurrency")
     parser.add_argument("--out", type=Path, default=Path("bench/results/qido.json"))
     parser.add_argument("--legacy", action="store_true", help="also measure the emulation in front of dcmqrscp")
+    parser.add_argument(
+        "--observability", action="store_true", help="only compare /metrics and JSON logs on against off"
+    )
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds of --observability")
     args = parser.parse_args()
+    if args.observability:
+        runs = measure_observability(args.studies, args.requests, args.rounds)
+        print(report_observability(runs))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_name(args.out.stem + "-observability.json").write_text(json.dumps(runs, indent=2))
+        return 0
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-qido-") as tmp, OrthancPacs(Path(tmp) / "orthanc") as orthanc:

@@ -17,6 +17,12 @@ Prints Markdown tables (time, MB/s, time to first byte, peak RSS, the ratios and
 targets) and writes the raw numbers as JSON. Talks only to 127.0.0.1 and stops by itself.
 
     .venv/bin/python bench/wado.py [--slices 300] [--runs 3] [--concurrency 6] [--out bench/results/wado.json]
+
+``--observability`` measures instead the gateway (``--retrieve get``) with /metrics and JSON logs
+on against the same gateway with both off: two processes in front of the same Orthanc, the study
+retrieve and a warm viewer pass on each, in ``--runs`` alternating rounds.
+
+    .venv/bin/python bench/wado.py --observability [--slices 300] [--runs 5]
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import harness
 import httpx
 import pynetdicom.ae
 from pydicom.dataset import Dataset
@@ -503,8 +510,15 @@ class Gateway:
     """The gateway's CLI in its own process, with an empty cache, watched through /proc."""
 
     def __init__(
-        self, orthanc: OrthancPacs, retrieve: str, store_port: int, workdir: Path, upstream: str | None = None
+        self,
+        orthanc: OrthancPacs,
+        retrieve: str,
+        store_port: int,
+        workdir: Path,
+        upstream: str | None = None,
+        options: tuple[list[str], dict[str, str]] = ([], {}),
     ) -> None:
+        """`options`: more flags (the last of a repeated flag wins) and environment variables."""
         self.port = free_port()
         self.root = f"http://127.0.0.1:{self.port}/dicom-web"
         self.workdir = workdir
@@ -529,14 +543,16 @@ class Gateway:
             "warning",
             "--cache-dir",
             str(self.cache_dir),
+            *options[0],
         ]
+        self.environ = os.environ | options[1]
         self.process: subprocess.Popen[bytes] | None = None
         self._peak_rss_kb = 0
         self._sampling = threading.Event()
 
     def __enter__(self) -> Gateway:
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.environ)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -866,6 +882,79 @@ def run_benchmark(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return results
 
 
+def run_observability(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """/metrics and JSON logs on vs. off: the study retrieve and a warm viewer pass, alternating."""
+    store_port = free_port()
+    results: dict[str, Any] = {"slices": args.slices, "runs": args.runs, "load_average_before": os.getloadavg()}
+    with OrthancPacs(tmp / "orthanc") as orthanc:
+        study = load_study(orthanc, args.slices)
+        with contextlib.ExitStack() as stack:
+            gateways = {
+                name: stack.enter_context(Gateway(orthanc, "get", store_port, tmp, options=options))
+                for name, options in harness.OBSERVABILITY.items()
+            }
+            for gateway in gateways.values():  # warm-up: Orthanc's page cache, the gateway's instance cache
+                http_retrieve(f"{gateway.root}/studies/{study.study_uid}", STUDY_ACCEPT)
+                viewer_pass(gateway.root, study, args.concurrency)
+            retrieves: dict[str, list[Result]] = {name: [] for name in gateways}
+            viewers: dict[str, list[Result]] = {name: [] for name in gateways}
+            for round_number in range(args.runs):
+                order = list(gateways) if round_number % 2 == 0 else list(reversed(gateways))
+                for name in order:
+                    gateway = gateways[name]
+                    cpu = gateway.cpu_seconds()
+                    retrieved = http_retrieve(f"{gateway.root}/studies/{study.study_uid}", STUDY_ACCEPT)
+                    retrieves[name].append(retrieved | {"gateway_cpu_s": gateway.cpu_seconds() - cpu})
+                    cpu = gateway.cpu_seconds()
+                    passed = viewer_pass(gateway.root, study, args.concurrency)
+                    viewers[name].append(
+                        passed | {"gateway_cpu_ms_per_frame": (gateway.cpu_seconds() - cpu) * 1000 / passed["frames"]}
+                    )
+                print(f"  round {round_number + 1} of {args.runs}", file=sys.stderr, flush=True)
+    results["retrieve"] = retrieves
+    results["viewer_warm"] = viewers
+    results["load_average_after"] = os.getloadavg()
+    return results
+
+
+def report_observability(results: dict[str, Any]) -> str:
+    """Medians over the rounds, and the on/off ratios."""
+
+    def median(runs: list[Result], key: str) -> float:
+        return float(statistics.median(run[key] for run in runs))
+
+    retrieve, viewer = results["retrieve"], results["viewer_warm"]
+    lines = [
+        f"WADO-RS, {results['slices']} CT slices, gateway `--retrieve get`, /metrics and JSON logs on vs. off "
+        f"(log level info for both), medians of {results['runs']} alternating rounds:",
+        "",
+        "| gateway | study MB/s | MB/s of each round | gateway CPU s/study | warm viewer frames/s | frame p50 ms "
+        "| gateway CPU ms/frame |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in retrieve:
+        each = ", ".join(f"{run['mb_per_s']:.1f}" for run in retrieve[name])
+        cells = [
+            name,
+            f"{median(retrieve[name], 'mb_per_s'):.1f}",
+            each,
+            f"{median(retrieve[name], 'gateway_cpu_s'):.2f}",
+            f"{median(viewer[name], 'frames_per_s'):.0f}",
+            f"{median(viewer[name], 'frame_p50_ms'):.1f}",
+            f"{median(viewer[name], 'gateway_cpu_ms_per_frame'):.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    throughput = median(retrieve["on"], "mb_per_s") / median(retrieve["off"], "mb_per_s")
+    frames = median(viewer["on"], "frames_per_s") / median(viewer["off"], "frames_per_s")
+    cpu = median(retrieve["on"], "gateway_cpu_s") / median(retrieve["off"], "gateway_cpu_s")
+    lines += [
+        "",
+        f"- on / off: study throughput {throughput:.3f} (target: at least 0.97), gateway CPU per study {cpu:.3f}, "
+        f"warm frames/s {frames:.3f}",
+    ]
+    return "\n".join(lines)
+
+
 # --- the report ------------------------------------------------------------------------------------
 
 
@@ -1024,7 +1113,17 @@ def main() -> int:
         help="gateway retrieve methods for the viewer pass (comma-separated)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/wado.json"))
+    parser.add_argument(
+        "--observability", action="store_true", help="only compare /metrics and JSON logs on against off"
+    )
     args = parser.parse_args()
+    if args.observability:
+        with tempfile.TemporaryDirectory(prefix="bench-wado-obs-") as tmp:
+            observed = run_observability(args, Path(tmp))
+        print(report_observability(observed))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_name(args.out.stem + "-observability.json").write_text(json.dumps(observed, indent=2))
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-wado-") as tmp:
         results = run_benchmark(args, Path(tmp))
     results["concurrency"] = args.concurrency

@@ -20,8 +20,11 @@ from gateway import __version__
 from gateway.dimse import sockets, storage
 from gateway.errors import GatewayError, UpstreamError
 from gateway.fhir.publish.publisher import Publisher, PublisherFactory
+from gateway.logs import REQUEST_ID_HEADER, RequestIdMiddleware, current_upstream
+from gateway.metrics import MetricsMiddleware
 from gateway.routes.common import ServiceRoot
 from gateway.routes.frames import retrieve_frames
+from gateway.routes.index import describe_gateway, describe_service, live_metrics, metrics, openapi_document
 from gateway.routes.metadata import retrieve_bulkdata, retrieve_metadata
 from gateway.routes.qido import search_for_instances, search_for_series, search_for_studies
 from gateway.routes.rendered import retrieve_rendered, retrieve_thumbnail
@@ -88,13 +91,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.exception("%s %s failed", request.method, request.url.path)
-    return _json(500, {"status": 500, "title": "Internal error", "detail": f"{type(exc).__name__}: {exc}"})
+    # Starlette calls this outside the user middleware, where the request id is no longer current.
+    request_id = request.scope.get("state", {}).get("request_id", "")
+    logger.exception("%s %s failed (request %s)", request.method, request.url.path, request_id)
+    body = {"status": 500, "title": "Internal error", "detail": f"{type(exc).__name__}: {exc}"}
+    return _json(500, body, {REQUEST_ID_HEADER: request_id} if request_id else None)
 
 
 def _bind(endpoint: Endpoint, service: ServiceRoot) -> Endpoint:
     async def bound(request: Request) -> Response:
         request.scope["gateway.service"] = service
+        current_upstream.set(service.upstream.name)  # for this request's log records
         return await endpoint(request)
 
     bound.__name__ = endpoint.__name__
@@ -109,7 +116,7 @@ def _service_routes(settings: Settings, upstreams: Upstreams) -> list[BaseRoute]
     return [
         Route(root.path + path, _bind(endpoint, root), methods=[method])
         for root in roots
-        for method, path, endpoint in _SERVICE_ROUTES
+        for method, path, endpoint in (("GET", "", describe_service), *_SERVICE_ROUTES)
     ]
 
 
@@ -175,20 +182,26 @@ def create_app(settings: Settings, *, publisher_factory: PublisherFactory | None
             yield
         logger.info("gateway stopped")
 
-    middleware = []
+    # Outermost first: every answer gets its request id, and is timed with everything inside.
+    middleware = [Middleware(RequestIdMiddleware)]
+    if settings.metrics:
+        middleware.append(Middleware(MetricsMiddleware))
     if settings.cors_origins:
         middleware.append(
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["Accept", "Authorization", "Content-Type"],
-                expose_headers=["Warning", "Content-Location", "Retry-After"],
+                allow_headers=["Accept", "Authorization", "Content-Type", "X-Request-ID"],
+                expose_headers=["Warning", "Content-Location", "Retry-After", "X-Request-ID"],
             )
         )
     routes: list[BaseRoute] = [
+        Route("/", describe_gateway, methods=["GET"]),
+        Route("/openapi.json", openapi_document, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        *([Route("/metrics", metrics, methods=["GET"])] if settings.metrics else []),
         *_service_routes(settings, upstreams),
     ]
     app = Starlette(
@@ -200,4 +213,5 @@ def create_app(settings: Settings, *, publisher_factory: PublisherFactory | None
     app.state.settings = settings
     app.state.upstreams = upstreams
     app.state.publisher = publisher
+    app.state.live_metrics = live_metrics(upstreams)
     return app

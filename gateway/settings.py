@@ -1,8 +1,10 @@
 """The gateway's configuration: one frozen :class:`Settings`, validated when it is built.
 
-Settings come from a TOML file (``--config``) and command-line flags, flags winning. Every
-value is checked on construction so that a bad configuration stops the process at startup
-with a message naming the offending key, instead of failing on the first request.
+Settings come from a TOML file (``--config``), ``GATEWAY_*`` environment variables
+(:mod:`gateway.environment`) and command-line flags: flags win over the environment, which wins
+over the file. Every value is checked on construction so that a bad configuration stops the
+process at startup with a message naming the offending key, instead of failing on the first
+request.
 
 A configuration file looks like::
 
@@ -35,13 +37,17 @@ storage SCP takes ``store_tls``, ``store_tls_cert``, ``store_tls_key`` and ``sto
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from gateway.environment import UPSTREAM_VARIABLE, VariableError, environment_document
 
 __all__ = [
     "PROFILES",
@@ -111,6 +117,8 @@ class Capabilities:
     """PN matching ignores case, as the gateway promises to its clients."""
     fuzzy_matching: bool | None = None
     """Fuzzy semantic matching of person names (negotiated with extended negotiation)."""
+    uid_list_matching: bool | None = None
+    """UID lists (``StudyInstanceUID=1.2\\1.3``, PS3.4 C.2.2.2.2); pynetdicom's qrscp fails them (0xC320)."""
 
     def merged(self, overrides: Capabilities) -> Capabilities:
         """Return these capabilities with every non-``None`` value of `overrides` applied."""
@@ -126,13 +134,14 @@ class Capabilities:
 PROFILES: dict[str, Capabilities] = {
     # Measured: Orthanc 1.10 does list matching, relational queries, computed attributes and
     # case-insensitive person names; it has no fuzzy semantic matching over DIMSE.
-    "orthanc": Capabilities(True, True, True, True, False),
+    "orthanc": Capabilities(True, True, True, True, False, True),
     # Measured: dcmqrscp and pynetdicom's qrscp are hierarchical only, ignore
-    # ModalitiesInStudy and return no counts; dcmqrscp matches names case-sensitively.
-    "dcmqrscp": Capabilities(False, False, False, False, False),
-    "qrscp": Capabilities(False, False, False, False, False),
+    # ModalitiesInStudy and return no counts; dcmqrscp matches names case-sensitively;
+    # qrscp answers a UID list with 0xC320 (it takes the list for a single value).
+    "dcmqrscp": Capabilities(False, False, False, False, False, True),
+    "qrscp": Capabilities(False, False, False, False, False, False),
     # Assume nothing: always correct, the most C-FINDs.
-    "legacy": Capabilities(False, False, False, False, False),
+    "legacy": Capabilities(False, False, False, False, False, False),
     # Learn by probing the PACS; until a flag is known it is treated as unsupported.
     "auto": Capabilities(),
 }
@@ -333,6 +342,10 @@ class Settings:
     max_upload_bytes: int = 4 * 1024**3
     """Largest STOW-RS request body accepted (413 above it); uploads are spilled to temporary files."""
     log_level: str = "info"
+    log_format: str = "text"
+    """``text`` (one readable line per record) or ``json`` (one JSON object per line, with the request id)."""
+    metrics: bool = True
+    """Serve ``GET /metrics`` (Prometheus) and count requests for it."""
     cache_dir: str = ""
     """Where retrieved instances are cached; empty: a temporary directory removed at shutdown."""
     cache_max_bytes: int = 2 * 1024**3
@@ -383,6 +396,10 @@ class Settings:
         if self.fhir_publish is not None and not self.public_url:
             # The published Endpoints tell FHIR clients where the images are: a Host header cannot.
             raise ConfigError("fhir.publish_url needs gateway.public_url (the DICOMweb address FHIR clients follow)")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"gateway.log_format: {self.log_format!r} is not 'text' or 'json'")
+        if not isinstance(self.metrics, bool):
+            raise ConfigError(f"gateway.metrics: {self.metrics!r} is not true or false")
 
     @property
     def default_upstream(self) -> UpstreamSettings:
@@ -453,42 +470,83 @@ def _fhir_publish_from_table(table: Mapping[str, Any], url_flag: str | None) -> 
         raise ConfigError(f"fhir: {exc}") from exc
 
 
-def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
-    """Build :class:`Settings` from an optional TOML file and flag overrides.
+def _key_type(path: tuple[str, ...]) -> object:
+    """The type of the configuration key at `path`, for values read from the environment."""
+    owner: object = None
+    if path[0] == "gateway" and len(path) == 2:
+        owner = Settings
+    elif path[0] == "upstreams" and len(path) == 3:
+        owner = UpstreamSettings
+    elif path[0] == "upstreams" and len(path) == 4 and path[2] == "capabilities":
+        owner = Capabilities
+    elif path[0] == "fhir" and len(path) == 2:
+        owner = FhirPublishSettings
+    elif len(path) == 2:  # a table of its own, held by a Settings field of the same name
+        owner = typing.get_type_hints(Settings).get(path[0])
+    if not dataclasses.is_dataclass(owner):
+        return None
+    return typing.get_type_hints(owner).get(path[-1])
+
+
+def _laid_over(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with every value of `top` put in its place, tables merged key by key."""
+    merged = dict(base)
+    for key, value in top.items():
+        below = merged.get(key)
+        merged[key] = _laid_over(below, value) if isinstance(value, dict) and isinstance(below, dict) else value
+    return merged
+
+
+def load_settings(
+    config_path: Path | None = None, *, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Build :class:`Settings` from an optional TOML file, environment variables and flag overrides.
+
+    Flags win over the environment, which wins over the file, which wins over the defaults.
 
     Parameters
     ----------
     config_path : pathlib.Path, optional
         A TOML file with a ``[gateway]`` table and one ``[upstreams.NAME]`` table per PACS.
+    environ : mapping, optional
+        Environment variables; the ``GATEWAY_*`` ones are read (see :mod:`gateway.environment`).
     **overrides
         Values from the command line; ``None`` means "not given". ``upstream`` (a string
         ``[NAME=]AET@HOST:PORT``) replaces or adds the default upstream, and ``retrieve``
         applies to it. ``fhir_publish_url`` sets or replaces ``[fhir] publish_url``.
     """
-    gateway_table: dict[str, Any] = {}
-    fhir_table: dict[str, Any] = {}
-    upstreams: list[UpstreamSettings] = []
+    environ = environ or {}
+    document: dict[str, Any] = {}
     if config_path is not None:
         try:
             document = tomllib.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {config_path}: {exc}") from exc
-        unknown = set(document) - {"gateway", "upstreams", "fhir"}
-        if unknown:
-            raise ConfigError(f"{config_path}: unknown tables {sorted(unknown)}")
-        gateway_table = dict(document.get("gateway", {}))
-        upstreams = [_upstream_from_table(name, table) for name, table in document.get("upstreams", {}).items()]
-        fhir_table = dict(document.get("fhir", {}))
-
-    upstream_flag = overrides.pop("upstream", None)
-    retrieve_flag = overrides.pop("retrieve", None)
-    fhir_publish = _fhir_publish_from_table(fhir_table, overrides.pop("fhir_publish_url", None))
+    try:
+        document = _laid_over(document, environment_document(environ, _key_type))
+    except VariableError as exc:
+        raise ConfigError(str(exc)) from exc
+    upstream_flag = overrides.pop("upstream", None) or environ.get(UPSTREAM_VARIABLE) or None
     if upstream_flag is not None:
-        flagged = parse_upstream_address(upstream_flag)
-        existing = next((u for u in upstreams if u.name == flagged.name), None)
-        base = existing if existing is not None else flagged
-        flagged = replace(base, ae_title=flagged.ae_title, host=flagged.host, port=flagged.port)
-        upstreams = [flagged] + [u for u in upstreams if u.name != flagged.name]
+        # The address completes (or creates) that upstream's table, so its other keys may come from anywhere.
+        address = parse_upstream_address(upstream_flag)
+        tables = document.setdefault("upstreams", {})
+        tables[address.name] = {
+            **tables.get(address.name, {}),
+            "ae_title": address.ae_title,
+            "host": address.host,
+            "port": address.port,
+        }
+    unknown = set(document) - {"gateway", "upstreams", "fhir"}
+    if unknown:
+        raise ConfigError(f"{config_path or 'environment'}: unknown tables {sorted(unknown)}")
+    gateway_table: dict[str, Any] = dict(document.get("gateway", {}))
+    upstreams = [_upstream_from_table(name, table) for name, table in document.get("upstreams", {}).items()]
+
+    retrieve_flag = overrides.pop("retrieve", None)
+    fhir_publish = _fhir_publish_from_table(dict(document.get("fhir", {})), overrides.pop("fhir_publish_url", None))
+    if upstream_flag is not None:  # that upstream becomes the default one
+        upstreams.sort(key=lambda upstream: upstream.name != address.name)
     if retrieve_flag is not None and upstreams:
         upstreams[0] = replace(upstreams[0], retrieve=retrieve_flag)
 

@@ -313,11 +313,19 @@ class OrthancPacs(LocalPacs):
     kind = "orthanc"
 
     def __init__(
-        self, workdir: Path, *, ae_title: str = "ORTHANC", tls: OrthancTls | None = None, **options: object
+        self,
+        workdir: Path,
+        *,
+        ae_title: str = "ORTHANC",
+        tls: OrthancTls | None = None,
+        dicomweb_servers: dict[str, str] | None = None,
+        **options: object,
     ) -> None:
         super().__init__(workdir, ae_title=ae_title, **options)  # type: ignore[arg-type]
         self.http_port = free_port()
         self.tls = tls
+        self.dicomweb_servers = dict(dicomweb_servers or {})
+        """DICOMweb servers its plugin may act as a client of (``DicomWeb.Servers``), by name: root URL."""
 
     @property
     def http_url(self) -> str:
@@ -353,7 +361,12 @@ class OrthancPacs(LocalPacs):
             "TcpNoDelay": True,
             "StableAge": 1,
             "Plugins": [str(_ORTHANC_DICOMWEB_PLUGIN)],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
+            "DicomWeb": {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "EnableWado": True,
+                "Servers": {name: [url.rstrip("/") + "/"] for name, url in self.dicomweb_servers.items()},
+            },
         }
         if self.tls is not None:
             config |= {

@@ -30,6 +30,7 @@ from gateway.dimse.spool import ResultSpool
 from gateway.dimse.status import CANCEL, PENDING, SUCCESS, failure_for_status, no_response_error
 from gateway.dimse.tls import client_context, upstream_tls_error
 from gateway.errors import GatewayError, PoolExhausted, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.metrics import time_dimse_operation
 from gateway.settings import UpstreamSettings
 
 __all__ = ["FIND_MODEL", "MOVE_MODEL", "UpstreamClient", "open_association", "pause_reactor", "upstream_ae"]
@@ -129,6 +130,11 @@ class UpstreamClient:
 
     async def echo(self) -> None:
         """C-ECHO over a pooled association; raises :class:`UpstreamError` on failure."""
+        with time_dimse_operation(self.name, "echo") as timer:
+            await self._echo()
+            timer.outcome = "success"
+
+    async def _echo(self) -> None:
         conn = await self.pool.acquire()
 
         def send_c_echo() -> Dataset:
@@ -170,14 +176,16 @@ class UpstreamClient:
         error: BaseException | None = None
         try:
             for attempt in (1, 2):
-                conn = await self.pool.acquire()
-                try:
-                    outcome, code = await anyio.to_thread.run_sync(
-                        self._blocking_find, conn, identifier, spool, limiter=self._limiter
-                    )
-                except BaseException:
-                    self.pool.destroy(conn)
-                    raise
+                with time_dimse_operation(self.name, "find") as timer:
+                    conn = await self.pool.acquire()
+                    try:
+                        outcome, code = await anyio.to_thread.run_sync(
+                            self._blocking_find, conn, identifier, spool, limiter=self._limiter
+                        )
+                    except BaseException:
+                        self.pool.destroy(conn)
+                        raise
+                    timer.outcome = {"ok": "success"}.get(outcome, outcome)
                 if outcome == "cancelled":
                     # A PACS may answer the C-CANCEL after the final response (dcmqrscp does), and
                     # pynetdicom does not check which request a response belongs to: a stray

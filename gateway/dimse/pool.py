@@ -25,6 +25,7 @@ import anyio.to_thread
 from pynetdicom.association import Association
 
 from gateway.errors import PoolExhausted, UpstreamTimeout, UpstreamUnavailable
+from gateway.metrics import POOL_WAIT
 from gateway.settings import UpstreamSettings
 
 __all__ = ["AssociationPool", "PoolStats", "PooledAssociation"]
@@ -79,6 +80,8 @@ class AssociationPool:
         :class:`~gateway.errors.UpstreamError`. Runs in a worker thread.
     limiter : anyio.CapacityLimiter
         The threads that run blocking pynetdicom calls for this upstream.
+    kind : str
+        What the pool is for (``query``, ``retrieve``, ``store``), in its metrics.
     """
 
     def __init__(
@@ -86,8 +89,10 @@ class AssociationPool:
         settings: UpstreamSettings,
         open_association: Callable[[], Association],
         limiter: anyio.CapacityLimiter,
+        kind: str = "query",
     ) -> None:
         self.settings = settings
+        self._wait_metric = POOL_WAIT.labels(settings.name, kind)
         self._open = open_association
         self._limiter = limiter
         # The slots bound the associations that exist (idle, in use, or being opened). _idle is
@@ -115,11 +120,13 @@ class AssociationPool:
         if self._closed:
             raise UpstreamUnavailable("the gateway is shutting down", upstream=self.settings.name)
         self._waiting += 1
+        started = time.perf_counter()
         try:
             with anyio.move_on_after(self.settings.acquire_timeout) as scope:
                 await self._slots.acquire()
         finally:
             self._waiting -= 1
+            self._wait_metric.observe(time.perf_counter() - started)
         if scope.cancelled_caught:
             raise PoolExhausted(
                 f"all {self.settings.max_associations} associations to {self.settings.address} stayed busy for "

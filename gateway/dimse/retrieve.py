@@ -35,6 +35,7 @@ from gateway.dimse.status import CANCEL, PENDING, SUCCESS, no_response_error
 from gateway.dimse.storage import storage_contexts, storage_roles, storage_sop_classes
 from gateway.dimse.transfer import Transfer
 from gateway.errors import GatewayError, UpstreamError
+from gateway.metrics import time_dimse_operation
 
 if TYPE_CHECKING:
     from gateway.dimse.storescp import MoveRouter
@@ -82,7 +83,7 @@ class RetrieveClient:
         self._receiving: dict[Association, Transfer] = {}
         self._receiving_lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(settings.max_associations + 2)
-        self.pool = AssociationPool(settings, self._open_association, self._limiter)
+        self.pool = AssociationPool(settings, self._open_association, self._limiter, kind="retrieve")
         self._tasks: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> RetrieveClient:
@@ -132,14 +133,16 @@ class RetrieveClient:
         error: BaseException | None = None
         try:
             for attempt in (1, 2):
-                conn = await pool.acquire()
-                try:
-                    outcome = await anyio.to_thread.run_sync(
-                        blocking, conn, identifier, transfer, limiter=self._limiter
-                    )
-                except BaseException:
-                    pool.destroy(conn)
-                    raise
+                with time_dimse_operation(self.name, operation[2:].lower()) as timer:
+                    conn = await pool.acquire()
+                    try:
+                        outcome = await anyio.to_thread.run_sync(
+                            blocking, conn, identifier, transfer, limiter=self._limiter
+                        )
+                    except BaseException:
+                        pool.destroy(conn)
+                        raise
+                    timer.outcome = {"done": "success"}.get(outcome, outcome)
                 if outcome == "done":
                     pool.release(conn)
                     return

@@ -55,6 +55,7 @@ from gateway.dimse.client import open_association, pause_reactor, upstream_ae
 from gateway.dimse.pool import AssociationPool, PooledAssociation
 from gateway.dimse.sockets import SocketProfile
 from gateway.dimse.status import describe_status
+from gateway.metrics import time_dimse_operation
 from gateway.settings import UpstreamSettings
 
 __all__ = [
@@ -210,7 +211,7 @@ class StoreClient:
         self._known = _KnownContexts()
         self._limiter = anyio.CapacityLimiter(settings.max_store_associations + 2)
         pool_settings = replace(settings, max_associations=settings.max_store_associations)
-        self.pool = AssociationPool(pool_settings, self._open_association, self._limiter)
+        self.pool = AssociationPool(pool_settings, self._open_association, self._limiter, kind="store")
 
     async def __aenter__(self) -> StoreClient:
         return self
@@ -242,14 +243,19 @@ class StoreClient:
         self._known.learn(sop_class, syntaxes)
         aborts = stale = 0
         while True:
-            conn = await self.pool.acquire()
-            try:
-                outcome = await anyio.to_thread.run_sync(
-                    self._blocking_store, conn, path, sop_class, syntaxes, limiter=self._limiter
-                )
-            except BaseException:
-                self.pool.destroy(conn)
-                raise
+            with time_dimse_operation(self.name, "store") as timer:
+                conn = await self.pool.acquire()
+                try:
+                    outcome = await anyio.to_thread.run_sync(
+                        self._blocking_store, conn, path, sop_class, syntaxes, limiter=self._limiter
+                    )
+                except BaseException:
+                    self.pool.destroy(conn)
+                    raise
+                if isinstance(outcome, StoreResult):
+                    timer.outcome = "success" if outcome.stored else "failure"
+                else:
+                    timer.outcome = outcome
             if isinstance(outcome, StoreResult):
                 self.pool.release(conn)
                 return outcome

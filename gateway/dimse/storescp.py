@@ -56,6 +56,11 @@ class MoveRouter:
                     self._moves[self._last_id] = transfer
                     return self._last_id
 
+    def __len__(self) -> int:
+        """C-MOVEs in flight (waiting for their instances)."""
+        with self._lock:
+            return len(self._moves)
+
     def unregister(self, message_id: int) -> None:
         """The C-MOVE with `message_id` has its final response: its instances are all in."""
         with self._lock:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import lru_cache
 
 from pydicom.multival import MultiValue
 
 from gateway.query.params import MatchKey, MatchType
 
-__all__ = ["matches", "normalise_values"]
+__all__ = ["matches", "normalise_values", "widened_for_upstream"]
 
 
 @lru_cache(maxsize=512)
@@ -79,3 +80,16 @@ def matches(key: MatchKey, values: list[str]) -> bool:
     if key.match_type is MatchType.UNIVERSAL or not values:
         return True
     return any(_one_matches(key, value) for value in values)
+
+
+def widened_for_upstream(key: MatchKey) -> MatchKey:
+    """`key` as sent to a PACS whose answers the gateway re-checks: every ``?`` becomes ``*``.
+
+    A ``?`` stands for one character (PS3.4 C.2.2.2.4), but a PACS that compares encoded bytes
+    does not match it against a character of two or more bytes: Orthanc's C-FIND finds
+    ``Müller`` (UTF-8) with ``*ller`` but not with ``M?ller``. The client cannot say which ``?``
+    stands for such a character, so each one is widened; the local match keeps the exact answer.
+    """
+    if key.match_type is not MatchType.WILDCARD or "?" not in key.values[0]:
+        return key
+    return replace(key, values=(re.sub(r"\*+", "*", key.values[0].replace("?", "*")),))

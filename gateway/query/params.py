@@ -158,6 +158,9 @@ def _parse_temporal(vr: str, value: str, parameter: str) -> tuple[MatchType, tup
 
 
 def _parse_match(path: tuple[int, ...], keyword: str, vr: str, raw: str, parameter: str) -> MatchKey:
+    if vr == "UI":
+        # OHIF joins UIDs with the DICOM value separator, a backslash, where QIDO-RS lists use a comma.
+        raw = raw.replace("\\", ",")
     if _FORBIDDEN.search(raw):
         raise BadRequest(f"{parameter}: backslashes and control characters are not allowed in a query value")
     if vr in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"):

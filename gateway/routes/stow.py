@@ -26,6 +26,7 @@ from starlette.responses import Response
 from gateway.dimse.store import PROCESSING_FAILURE
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, PoolExhausted, UnsupportedMediaType, UpstreamError
 from gateway.fhir.publish.publisher import Publisher
+from gateway.metrics import STORED_INSTANCES
 from gateway.part10 import NotDicom
 from gateway.query.dicomjson import encode_json
 from gateway.query.params import parse_uid
@@ -168,6 +169,12 @@ async def _store_worker(
                 part.path.unlink(missing_ok=True)
 
 
+def _outcome_label(outcome: Stored | Failed | OtherFailure) -> str:
+    if isinstance(outcome, Stored):
+        return "stored" if outcome.warning_reason is None else "warning"
+    return "failed" if isinstance(outcome, Failed) else "not_dicom"
+
+
 async def _store_all(
     parts: AsyncIterator[Part], upstream: Upstream, study: str | None, root: str, report: _Report
 ) -> None:
@@ -184,6 +191,8 @@ async def _store_all(
                     await send.send(part)
             except Exception as exc:  # a malformed or oversized body, the client hanging up
                 body_error = exc
+    for outcome in report.outcomes.values():
+        STORED_INSTANCES.labels(upstream.name, _outcome_label(outcome)).inc()
     if isinstance(body_error, MultipartError) and report.outcomes:
         stored = sum(isinstance(o, Stored) for o in report.outcomes.values())
         logger.error("STOW-RS body malformed after %d parts (%d stored): %s", len(report.outcomes), stored, body_error)

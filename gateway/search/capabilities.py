@@ -7,7 +7,9 @@ after its first answers) the first time it is queried:
 - a SERIES query without StudyInstanceUID: an answer -> relational queries work;
 - the first study's PatientName with its case swapped: still found -> PN matching ignores case;
 - the first series' Modality as a list with a value that cannot exist: still found -> list
-  matching works.
+  matching works;
+- the first study's UID in a list with a UID that cannot exist: still found -> UID list matching
+  works (pynetdicom's qrscp answers 0xC320).
 
 An empty PACS answers none of these; the flags then stay unknown (treated as unsupported, which
 is always correct, only slower) and the probe runs again on a later query. Flags set in the
@@ -36,6 +38,8 @@ __all__ = ["CapabilityTracker"]
 logger = logging.getLogger(__name__)
 
 _REPROBE_AFTER = 30.0
+_IMPOSSIBLE_UID = "2.25.0"
+"""A valid UID no instance has (the UUID-derived root with the nil UUID)."""
 
 
 def _key(keyword: str, vr: str, value: str) -> MatchKey:
@@ -90,11 +94,15 @@ async def probe(client: UpstreamClient) -> Capabilities:
         impossible = MatchKey((tag("Modality"),), "Modality", "CS", MatchType.LIST, (series[0].Modality, "ZZ"))
         list_matching = await _answers(client, QueryLevel.SERIES, [study, impossible], ["SeriesInstanceUID"])
 
+    uids = MatchKey(study.path, study.keyword, "UI", MatchType.LIST, (*study.values, _IMPOSSIBLE_UID))
+    uid_list_matching = await _answers(client, QueryLevel.STUDY, [uids], ["StudyInstanceUID"])
+
     return Capabilities(
         relational=relational,
         modalities_in_study=modalities,
         list_matching=list_matching,
         case_insensitive_pn=case_insensitive,
+        uid_list_matching=uid_list_matching,
     )
 
 

@@ -37,7 +37,7 @@ from gateway.query.attributes import (
     tag,
 )
 from gateway.query.identifier import build_identifier
-from gateway.query.matching import matches, normalise_values
+from gateway.query.matching import matches, normalise_values, widened_for_upstream
 from gateway.query.params import MatchKey, MatchType, QidoQuery
 from gateway.search.batches import map_ordered
 from gateway.settings import Capabilities
@@ -99,6 +99,8 @@ def _send_upstream(key: MatchKey, caps: Capabilities) -> bool:
         return False
     if key.match_type is MatchType.LIST and key.vr != "UI":
         return bool(caps.list_matching)
+    if key.match_type is MatchType.LIST:
+        return bool(caps.uid_list_matching)
     if key.vr == "PN":
         return bool(caps.case_insensitive_pn)
     return True
@@ -140,8 +142,10 @@ def plan_search(query: QidoQuery, caps: Capabilities) -> SearchPlan:
         else:
             covered = [lvl]
         keys = [k for x in covered for k in keys_by_level[x]]
-        upstream_keys[lvl] = tuple(k for k in keys if _send_upstream(k, caps))
         local_keys[lvl] = tuple(k for k in keys if _local_check(k, date_time_combined))
+        upstream_keys[lvl] = tuple(
+            widened_for_upstream(k) if k in local_keys[lvl] else k for k in keys if _send_upstream(k, caps)
+        )
         wanted = {t for t in output if level_of(_keyword(t), query.level) in covered}
         if query.include_all:
             wanted |= {tag(k) for x in covered for k in LEVEL_KEYWORDS[x]}

@@ -19,6 +19,9 @@ __all__ = ["MediaType", "MultipartError", "Part", "parse_media_type", "read_part
 
 _MAX_HEADER_BYTES = 16384
 """Largest header block one part may have; anything longer is not a STOW-RS part."""
+_MAX_BOUNDARY = 200
+"""Longest boundary accepted. RFC 2046 §5.1.1 allows 70 characters, but real clients exceed it (Orthanc's
+DICOMweb plugin sends two UUIDs, 73); the bound only keeps a delimiter search from being fed a megabyte."""
 _BOUNDARY_CHARS = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? ")
 
 
@@ -96,8 +99,8 @@ def parse_media_type(header: str) -> MediaType:
 
 def _check_boundary(boundary: str) -> bytes:
     encoded = boundary.encode("latin-1", errors="replace")
-    # RFC 2046 §5.1.1: 1 to 70 characters from a restricted set, not ending with a space.
-    if not 0 < len(encoded) <= 70 or encoded.endswith(b" ") or not set(encoded) <= _BOUNDARY_CHARS:
+    # RFC 2046 §5.1.1: characters from a restricted set, not ending with a space (its 70 is _MAX_BOUNDARY).
+    if not 0 < len(encoded) <= _MAX_BOUNDARY or encoded.endswith(b" ") or not set(encoded) <= _BOUNDARY_CHARS:
         raise MultipartError(f"invalid multipart boundary {boundary!r}")
     return encoded
 

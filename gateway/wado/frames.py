@@ -190,7 +190,8 @@ def negotiate_frame_encoding(accept: str | None, stored: UID) -> FrameEncoding:
         `accept` is malformed.
     """
     uncompressed, as_stored = _candidates(stored)
-    for media_range in parse_accept(accept):
+    ranges = parse_accept(accept)
+    for media_range in ranges:
         if media_range.media_type == "multipart/related":
             part_type = media_range.parameters.get("type", OCTET_STREAM).lower()
         elif media_range.media_type in ("*/*", "multipart/*"):
@@ -207,6 +208,18 @@ def negotiate_frame_encoding(accept: str | None, stored: UID) -> FrameEncoding:
         if offer is not None
     )
     available = "available: " + ", ".join(offers) if offers else "frames of this transfer syntax cannot be sent"
+    if offers and not any(r.media_type in ("multipart/related", "multipart/*", "*/*") for r in ranges):
+        # The media type is the problem, not the transfer syntax: say so (PS3.18 §8.7.3.3.2).
+        raise NotAcceptable(
+            f"frames are sent as multipart/related (one part per frame), which Accept {accept!r} does not admit; "
+            f"{available}"
+        )
+    part_types = {r.parameters.get("type", OCTET_STREAM).lower() for r in ranges if r.media_type == "multipart/related"}
+    known = {OCTET_STREAM, "*/*", "application/*", *_IMAGE_MEDIA_TYPES}
+    if offers and part_types and not part_types & known:
+        raise NotAcceptable(
+            f"frames are not sent as parts of type {', '.join(sorted(part_types))} (Accept {accept!r}); {available}"
+        )
     raise NotAcceptable(f"frames stored as {stored.name} ({stored}) cannot be sent as {accept!r}; {available}")
 
 

@@ -197,3 +197,11 @@ def test_no_match_is_204(gateway: DICOMwebClient) -> None:
     response = httpx.get(f"{gateway.base_url}/studies", params={"PatientID": "NOBODY"})
     assert response.status_code == 204
     assert gateway.search_for_studies(search_filters={"PatientID": "NOBODY"}) == []
+
+
+@pytest.mark.parametrize("separator", [",", "\\"])
+def test_study_uid_lists_on_every_pacs(gateway: DICOMwebClient, separator: str) -> None:
+    # OHIF joins UIDs with a backslash; pynetdicom's qrscp fails any UID list (0xC320): the gateway matches it then.
+    wanted = [STUDIES[0].study_uid, STUDIES[5].study_uid, STUDIES[-1].study_uid]
+    results = gateway.search_for_studies(search_filters={"StudyInstanceUID": separator.join(wanted)})
+    assert sorted(study_uids(results)) == sorted(wanted)

@@ -69,10 +69,19 @@ def test_large_part_goes_to_disk_in_pieces(tmp_path: Path) -> None:
     assert stored == content and part.path.parent == tmp_path
 
 
+def test_boundary_longer_than_rfc_2046_allows(tmp_path: Path) -> None:
+    # Orthanc's DICOMweb plugin joins two UUIDs: 73 characters, over RFC 2046's 70.
+    boundary = "5d3a9ea0-7bd5-4c3a-9d5f-0b5e8d1f3a21-0c8a2f6e-1d4b-4f7e-a9c3-6b2d8e5f1a07"
+    assert len(boundary) == 73
+    (first, second) = _read(_message(boundary, [b"A", b"B"]), boundary, tmp_path)
+    assert (first[1], second[1]) == (b"A", b"B")
+
+
 @pytest.mark.parametrize(
     ("body", "boundary"),
     [
         (b"no delimiter at all", "b"),
+        (b"--" + b"b" * 201 + b"\r\n\r\nx\r\n--" + b"b" * 201 + b"--", "b" * 201),
         (b"--b\r\nContent-Type: application/dicom\r\n\r\ntruncated", "b"),
         (b"--b\r\nContent-Type: application/dicom", "b"),
         (b"--b junk\r\n\r\nx\r\n--b--", "b"),

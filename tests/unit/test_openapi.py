@@ -54,9 +54,9 @@ def _app_operations(app: Starlette, settings: Settings) -> set[tuple[str, str]]:
         assert isinstance(route, Route), f"{route!r} is not a plain Route; teach this test about it"
         path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # Starlette's {name:path} is OpenAPI's {name}
         for upstream in settings.upstreams:
-            prefix = named_root + upstream.name + "/"
-            if path.startswith(prefix):
-                path = named_root + "{upstream}/" + path.removeprefix(prefix)
+            prefix = named_root + upstream.name
+            if path == prefix or path.startswith(prefix + "/"):
+                path = named_root + "{upstream}" + path.removeprefix(prefix)
         methods = set(route.methods or ())
         if "GET" in methods:
             methods.discard("HEAD")  # Starlette adds HEAD to every GET route; the spec says so once, in info

@@ -52,6 +52,13 @@ def test_uid_list_matching() -> None:
     assert key is not None and key.match_type is MatchType.LIST and key.dicom_value == "1.2.3\\1.2.4"
 
 
+def test_uid_list_joined_with_backslashes_as_ohif_sends_it() -> None:
+    key = parse(("StudyInstanceUID", "1.2.3\\1.2.4,1.2.5")).key("StudyInstanceUID")
+    assert key is not None and key.match_type is MatchType.LIST and key.values == ("1.2.3", "1.2.4", "1.2.5")
+    with pytest.raises(BadRequest, match="empty item"):
+        parse(("StudyInstanceUID", "1.2.3\\"))
+
+
 def test_sequence_path() -> None:
     key = parse(("00400275.00401001", "RP1"), level=QueryLevel.SERIES).match_keys[0]
     assert key.path == (0x00400275, 0x00401001) and key.keyword == "RequestAttributesSequence.RequestedProcedureID"

@@ -86,3 +86,28 @@ def test_includefield_all_returns_everything() -> None:
     plan = plan_search(parse_qido_query(QueryLevel.STUDY, [("includefield", "all")]), LEGACY)
     assert plan.output_tags is None
     assert tag("StudyDescription") in plan.return_tags[QueryLevel.STUDY]
+
+
+def test_question_mark_is_widened_upstream_and_matched_exactly_here() -> None:
+    # Orthanc's C-FIND does not match '?' against a multi-byte character (M?ller vs Müller in UTF-8).
+    query = parse_qido_query(QueryLevel.STUDY, [("PatientName", "M?ller^J*"), ("PatientID", "??-1")])
+    plan = plan_search(query, CAPABLE)
+    sent = {k.keyword: k.values for k in plan.upstream_keys[QueryLevel.STUDY]}
+    assert sent == {"PatientName": ("M*ller^J*",), "PatientID": ("*-1",)}
+    checked = {k.keyword: k.values for k in plan.local_keys[QueryLevel.STUDY]}
+    assert checked == {"PatientName": ("M?ller^J*",), "PatientID": ("??-1",)}
+
+
+def test_nested_keys_are_sent_as_given_since_they_are_not_rechecked() -> None:
+    query = parse_qido_query(QueryLevel.SERIES, [("00400275.00401001", "RP?")])
+    (key,) = plan_search(query, CAPABLE).upstream_keys[QueryLevel.SERIES]
+    assert key.values == ("RP?",)
+
+
+def test_uid_lists_go_upstream_only_where_they_work() -> None:
+    query = parse_qido_query(QueryLevel.STUDY, [("StudyInstanceUID", "1.2.3\\1.2.4")])
+    assert keywords(plan_search(query, CAPABLE).upstream_keys[QueryLevel.STUDY]) == {"StudyInstanceUID"}
+    assert keywords(plan_search(query, PROFILES["dcmqrscp"]).upstream_keys[QueryLevel.STUDY]) == {"StudyInstanceUID"}
+    qrscp = plan_search(query, PROFILES["qrscp"])
+    assert keywords(qrscp.upstream_keys[QueryLevel.STUDY]) == set()
+    assert keywords(qrscp.local_keys[QueryLevel.STUDY]) == {"StudyInstanceUID"}

@@ -89,9 +89,6 @@ def test_negotiation(accept: str | None, stored: UID, expected: FrameEncoding) -
         ('multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.91', JPEG2000Lossless),  # not .91,
         ('multipart/related; type="image/jls"', JPEG2000Lossless),  # ... no transcoding between codecs
         ("multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.50", RLELossless),
-        ('multipart/related; type="application/dicom"', ExplicitVRLittleEndian),
-        ("application/octet-stream", ExplicitVRLittleEndian),  # frames are multipart (PS3.18 §10.4.1.1.7)
-        ("image/jpeg", JPEGBaseline8Bit),
         (OHIF, MPEG2MPML),  # video has no frames to send
         ("*/*", MPEG2MPML),
     ],
@@ -99,6 +96,29 @@ def test_negotiation(accept: str | None, stored: UID, expected: FrameEncoding) -
 def test_negotiation_refuses_what_cannot_be_sent(accept: str, stored: UID) -> None:
     with pytest.raises(NotAcceptable, match="cannot be sent as"):
         negotiate_frame_encoding(accept, stored)
+
+
+@pytest.mark.parametrize(
+    ("accept", "stored", "reason"),
+    [
+        (
+            "application/octet-stream",
+            ExplicitVRLittleEndian,
+            "frames are sent as multipart/related",
+        ),  # PS3.18 §10.4.1.1.7
+        ("image/jpeg", JPEGBaseline8Bit, "frames are sent as multipart/related"),
+        (
+            'multipart/related; type="application/dicom"',
+            ExplicitVRLittleEndian,
+            "not sent as parts of type application/dicom",
+        ),
+    ],
+)
+def test_not_acceptable_blames_the_media_type_when_it_is_the_cause(accept: str, stored: UID, reason: str) -> None:
+    with pytest.raises(NotAcceptable, match=reason) as raised:
+        negotiate_frame_encoding(accept, stored)
+    assert "frames stored as" not in raised.value.detail
+    assert "available: multipart/related; type=" in raised.value.detail
 
 
 def test_not_acceptable_says_what_is_available() -> None:
