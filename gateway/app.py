@@ -119,7 +119,10 @@ async def health(request: Request) -> Response:
     pools += [asdict(u.retrieval.retriever.pool.stats()) | {"kind": "retrieve"} for u in upstreams]
     pools += [asdict(u.store.pool.stats()) | {"kind": "store"} for u in upstreams]
     caches = {u.name: u.retrieval.cache.stats() for u in upstreams}
-    return _json(200, {"status": "ok", "version": __version__, "pools": pools, "caches": caches})
+    body = {"status": "ok", "version": __version__, "pools": pools, "caches": caches}
+    # Study answers whose PACS-held ModalitiesInStudy or counts disagreed with the derived ones.
+    body["stale_aggregates"] = {u.name: u.stale_aggregates.count for u in upstreams}
+    return _json(200, body)
 
 
 async def ready(request: Request) -> Response:
