@@ -46,7 +46,7 @@ from gateway.query.identifier import build_identifier
 from gateway.query.matching import matches, normalise_values
 from gateway.query.params import MatchKey, MatchType, QidoQuery
 from gateway.search.aggregates import UID_LIST_SIZE, AggregateDeriver, StaleAggregates, uid_key
-from gateway.search.batches import chunked
+from gateway.search.batches import chunked, gather
 from gateway.settings import Capabilities
 
 __all__ = ["SearchPlan", "Searcher", "plan_search"]
@@ -231,6 +231,7 @@ class Searcher:
         self._output_derived = (
             _DERIVED_TAGS - {_SOP_CLASSES_TAG} if output is None else frozenset(output & _DERIVED_TAGS)
         )
+        self._batch_is_page = False
         self._keys_at: dict[QueryLevel, list[MatchKey]] = {}
         for level in plan.levels:
             keys = {
@@ -245,6 +246,9 @@ class Searcher:
 
     async def search(self, query: QidoQuery) -> AsyncGenerator[Dataset, None]:
         """Yield the matching results, de-duplicated, completed and filtered, in PACS order."""
+        # A batch of studies found through their series is the page itself when nothing is skipped
+        # and the limit takes a whole batch: its aggregates are then derived alongside its STUDY C-FIND.
+        self._batch_is_page = query.offset == 0 and (query.limit is None or query.limit >= UID_LIST_SIZE)
         page = _page(self._descend(0, None), query.offset, query.limit)
         async with aclosing(chunked(page, UID_LIST_SIZE)) as batches:  # type: ignore[type-var]
             async for batch in batches:
@@ -314,9 +318,16 @@ class Searcher:
                     self._plan.return_tags[QueryLevel.STUDY],
                 )
                 found: dict[str, Dataset] = {}
-                async with aclosing(self._client.find(identifier)) as studies:  # type: ignore[type-var]
-                    async for dataset in studies:
-                        found.setdefault(_uid(dataset, QueryLevel.STUDY), dataset)
+
+                async def find_studies(identifier: Dataset = identifier, found: dict[str, Dataset] = found) -> None:
+                    async with aclosing(self._client.find(identifier)) as studies:  # type: ignore[type-var]
+                        async for dataset in studies:
+                            found.setdefault(_uid(dataset, QueryLevel.STUDY), dataset)
+
+                async def derive(uids: list[str] = uids) -> None:
+                    await self._load([(uid, "", self._output_derived) for uid in uids])
+
+                await gather([find_studies, derive] if self._batch_is_page else [find_studies])
                 for uid in uids:
                     if uid in found:
                         yield found[uid]
@@ -338,27 +349,30 @@ class Searcher:
         (then only where it left them empty)."""
         if not tags:
             return
-        todo = [(ds, [t for t in tags if not self._trusted or _is_empty(ds, t)]) for ds in batch]
-        series_of: list[str] = []
-        instances_of: list[str] = []
-        series: list[tuple[str, str]] = []
-        for dataset, missing in todo:
-            study_uid = _uid(dataset, QueryLevel.STUDY)
-            if study_uid and _STUDY_DERIVED_TAGS.intersection(missing):
-                series_of.append(study_uid)
-                if _INSTANCE_DERIVED_TAGS.intersection(missing):
-                    instances_of.append(study_uid)
-            series_uid = _uid(dataset, QueryLevel.SERIES)
-            if series_uid and _SERIES_COUNT_TAG in missing:
-                series.append((study_uid, series_uid))
-        sop_classes = _SOP_CLASSES_TAG in tags
-        await self.aggregates.load(
-            series_of=series_of, instances_of=instances_of, sop_classes=sop_classes, series=series
-        )
+        todo = [(ds, frozenset(t for t in tags if not self._trusted or _is_empty(ds, t))) for ds in batch]
+        await self._load([(_uid(ds, QueryLevel.STUDY), _uid(ds, QueryLevel.SERIES), t) for ds, t in todo])
         for dataset, missing in todo:
             self._write(dataset, missing)
 
-    def _write(self, dataset: Dataset, tags: list[int]) -> None:
+    async def _load(self, wanted: list[tuple[str, str, frozenset[int]]]) -> None:
+        """Derive the aggregates `tags` of each ``(study UID, series UID, tags)`` of `wanted`."""
+        series_of: list[str] = []
+        instances_of: list[str] = []
+        series: list[tuple[str, str]] = []
+        sop_classes = False
+        for study_uid, series_uid, tags in wanted:
+            if study_uid and _STUDY_DERIVED_TAGS & tags:
+                series_of.append(study_uid)
+                if _INSTANCE_DERIVED_TAGS & tags:
+                    instances_of.append(study_uid)
+                sop_classes = sop_classes or _SOP_CLASSES_TAG in tags
+            if series_uid and _SERIES_COUNT_TAG in tags:
+                series.append((study_uid, series_uid))
+        await self.aggregates.load(
+            series_of=series_of, instances_of=instances_of, sop_classes=sop_classes, series=series
+        )
+
+    def _write(self, dataset: Dataset, tags: frozenset[int]) -> None:
         study_uid = _uid(dataset, QueryLevel.STUDY)
         derived: dict[int, _Derived] = {}
         if study_uid and _STUDY_DERIVED_TAGS.intersection(tags):
