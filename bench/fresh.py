@@ -15,7 +15,7 @@ For each, the C-FINDs one request runs, by level, counted by running the same se
 process on a client that counts them. Prints a Markdown table and writes the raw numbers as JSON.
 Talks only to 127.0.0.1 and stops by itself.
 
-    .venv/bin/python bench/fresh.py [--studies 48] [--requests 100] [--out bench/results/fresh.json]
+    .venv/bin/python bench/fresh.py [--studies 48] [--requests 100] [--no-dcmqrscp] [--out bench/results/fresh.json]
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ def main() -> int:
     parser.add_argument("--studies", type=int, default=48)
     parser.add_argument("--requests", type=int, default=100, help="requests per method and query")
     parser.add_argument("--out", type=Path, default=Path("bench/results/fresh.json"))
+    parser.add_argument("--no-dcmqrscp", dest="dcmqrscp", action="store_false", help="in front of Orthanc only")
     args = parser.parse_args()
     studies = generate_sample_studies(args.studies)
 
@@ -125,9 +126,11 @@ def main() -> int:
             orthanc.store(iter_sample_datasets(studies))
             variants = {"gateway fresh": ("orthanc", False), "gateway trusted": ("orthanc", None)}
             results["Orthanc"] = bench_pacs(orthanc, workdir, variants, args.requests)
-        with DcmqrscpPacs(workdir / "dcmqrscp") as dcmqrscp:
-            dcmqrscp.store(iter_sample_datasets(studies))
-            results["dcmqrscp"] = bench_pacs(dcmqrscp, workdir, {"gateway fresh": ("dcmqrscp", None)}, args.requests)
+        if args.dcmqrscp:
+            with DcmqrscpPacs(workdir / "dcmqrscp") as dcmqrscp:
+                dcmqrscp.store(iter_sample_datasets(studies))
+                variants = {"gateway fresh": ("dcmqrscp", None)}
+                results["dcmqrscp"] = bench_pacs(dcmqrscp, workdir, variants, args.requests)
 
     lines = [
         f"Fresh vs trusted aggregates, {args.studies} sample studies, concurrency 1, {os.cpu_count()} cores, loopback:",

@@ -95,8 +95,6 @@ class AggregateDeriver:
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._studies: dict[str, _Study] = {}
         self._series_counts: dict[str, int] = {}
-        self.finds = 0
-        """C-FINDs run so far (for tests and logs)."""
 
     def study(self, uid: str) -> StudyAggregates:
         """What is known of study `uid` (after :meth:`load`)."""
@@ -158,7 +156,6 @@ class AggregateDeriver:
 
     async def _find(self, level: QueryLevel, keys: list[MatchKey], returns: list[int]) -> list[Dataset]:
         async with self._limiter:
-            self.finds += 1
             identifier = build_identifier(level, keys, returns)
             async with aclosing(self._client.find(identifier)) as found:  # type: ignore[type-var]
                 return [dataset async for dataset in found]

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from functools import partial
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
@@ -312,25 +313,22 @@ class Searcher:
         others = [k for k in study_keys if k.keyword != "StudyInstanceUID"]
         async with aclosing(chunked(_studies_of(series, key), UID_LIST_SIZE)) as batches:  # type: ignore[type-var]
             async for uids in batches:
-                identifier = build_identifier(
-                    QueryLevel.STUDY,
-                    [*others, uid_key(QueryLevel.STUDY, uids)],
-                    self._plan.return_tags[QueryLevel.STUDY],
-                )
+                keys = [*others, uid_key(QueryLevel.STUDY, uids)]
+                identifier = build_identifier(QueryLevel.STUDY, keys, self._plan.return_tags[QueryLevel.STUDY])
                 found: dict[str, Dataset] = {}
-
-                async def find_studies(identifier: Dataset = identifier, found: dict[str, Dataset] = found) -> None:
-                    async with aclosing(self._client.find(identifier)) as studies:  # type: ignore[type-var]
-                        async for dataset in studies:
-                            found.setdefault(_uid(dataset, QueryLevel.STUDY), dataset)
-
-                async def derive(uids: list[str] = uids) -> None:
-                    await self._load([(uid, "", self._output_derived) for uid in uids])
-
-                await gather([find_studies, derive] if self._batch_is_page else [find_studies])
+                calls = [partial(self._find_studies, identifier, found)]
+                if self._batch_is_page:
+                    calls.append(partial(self._load, [(uid, "", self._output_derived) for uid in uids]))
+                await gather(calls)
                 for uid in uids:
                     if uid in found:
                         yield found[uid]
+
+    async def _find_studies(self, identifier: Dataset, found: dict[str, Dataset]) -> None:
+        """Run a STUDY C-FIND, keeping the first answer for each StudyInstanceUID in `found`."""
+        async with aclosing(self._client.find(identifier)) as studies:  # type: ignore[type-var]
+            async for dataset in studies:
+                found.setdefault(_uid(dataset, QueryLevel.STUDY), dataset)
 
     async def _matching(self, batch: list[Dataset], level: QueryLevel) -> list[Dataset]:
         """The datasets of `batch` that satisfy the keys the gateway checks at `level`."""
