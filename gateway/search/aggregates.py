@@ -10,7 +10,7 @@ the gateway derives them from lower-level C-FINDs, for a batch of results at a t
 - on a relational PACS, one SERIES C-FIND and (when an instance count is needed) one IMAGE
   C-FIND per batch of up to :data:`UID_LIST_SIZE` studies, each matching the studies' UIDs as a
   list (List of UID Matching, PS3.4 C.2.2.2.2), run in parallel;
-- on a hierarchical PACS a level above the one queried takes a single UID (PS3.4 C.4.1.2.2.1):
+- on a hierarchical PACS a level above the one queried takes a single UID (PS3.4 C.4.1.2.1):
   one SERIES C-FIND per study, then one IMAGE C-FIND per series when instances must be counted.
 
 A request never runs more than its ``fanout_concurrency`` of these C-FINDs at once.

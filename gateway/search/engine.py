@@ -227,7 +227,7 @@ class Searcher:
         self._trusted = bool(caps.trusted_aggregates)
         self._stale = stale
         self._stale_studies: set[str] = set()
-        self.aggregates = AggregateDeriver(client, relational=bool(caps.relational), concurrency=concurrency)
+        self._aggregates = AggregateDeriver(client, relational=bool(caps.relational), concurrency=concurrency)
         output = plan.output_tags
         self._output_derived = (
             _DERIVED_TAGS - {_SOP_CLASSES_TAG} if output is None else frozenset(output & _DERIVED_TAGS)
@@ -366,7 +366,7 @@ class Searcher:
                 sop_classes = sop_classes or _SOP_CLASSES_TAG in tags
             if series_uid and _SERIES_COUNT_TAG in tags:
                 series.append((study_uid, series_uid))
-        await self.aggregates.load(
+        await self._aggregates.load(
             series_of=series_of, instances_of=instances_of, sop_classes=sop_classes, series=series
         )
 
@@ -374,7 +374,7 @@ class Searcher:
         study_uid = _uid(dataset, QueryLevel.STUDY)
         derived: dict[int, _Derived] = {}
         if study_uid and _STUDY_DERIVED_TAGS.intersection(tags):
-            study = self.aggregates.study(study_uid)
+            study = self._aggregates.study(study_uid)
             table: dict[int, _Derived] = {
                 _MODALITIES_TAG: ("CS", study.modalities),
                 _STUDY_SERIES_TAG: ("IS", study.series),
@@ -386,7 +386,7 @@ class Searcher:
                 self._compare(dataset, study_uid, derived)
         series_uid = _uid(dataset, QueryLevel.SERIES)
         if series_uid and _SERIES_COUNT_TAG in tags:
-            derived[_SERIES_COUNT_TAG] = ("IS", self.aggregates.series_count(series_uid))
+            derived[_SERIES_COUNT_TAG] = ("IS", self._aggregates.series_count(series_uid))
         for tag_value, (vr, value) in derived.items():
             if value is not None:
                 dataset.add_new(tag_value, vr, value)
