@@ -112,8 +112,8 @@ def _send_upstream(key: MatchKey, caps: Capabilities) -> bool:
     """Whether `key` is trusted to the PACS's matching."""
     if key.match_type is MatchType.UNIVERSAL:
         return True
-    if key.keyword == "ModalitiesInStudy":
-        return bool(caps.trusted_aggregates)
+    if key.keyword in ("ModalitiesInStudy", "SOPClassesInStudy"):
+        return bool(caps.trusted_aggregates)  # an untrusted PACS may match on a stale value
     if key.keyword in COMPUTED_STUDY_ATTRIBUTES or key.keyword in COMPUTED_SERIES_ATTRIBUTES:
         return False
     if key.match_type is MatchType.LIST and key.vr != "UI":

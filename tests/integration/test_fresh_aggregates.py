@@ -23,6 +23,8 @@ from tests.conftest import live_gateway
 from tests.fakepacs import FakePacs, Fault
 
 PET_CT = "1.2.826.0.2.1"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+PET_IMAGE = "1.2.840.10008.5.1.4.1.1.128"
 CT_SERIES = f"{PET_CT}.1"
 PT_SERIES = f"{PET_CT}.2"
 
@@ -32,7 +34,7 @@ def instance(study: str, series: int, number: int, modality: str, patient: str =
     ds.StudyInstanceUID = study
     ds.SeriesInstanceUID = f"{study}.{series}"
     ds.SOPInstanceUID = f"{study}.{series}.{number}"
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2" if modality == "CT" else "1.2.840.10008.5.1.4.1.1.128"
+    ds.SOPClassUID = CT_IMAGE if modality == "CT" else PET_IMAGE
     ds.Modality = modality
     ds.PatientName = f"Patient^{patient}"
     ds.PatientID = patient
@@ -47,7 +49,12 @@ def pacs_content(ct_only_studies: int) -> tuple[list[Dataset], dict[str, dict[st
     held values are right (2 instances each)."""
     instances = [instance(PET_CT, 1, n, "CT") for n in (1, 2, 3)] + [instance(PET_CT, 2, n, "PT") for n in (1, 2)]
     held: dict[str, dict[str, object]] = {
-        PET_CT: {"ModalitiesInStudy": "CT", "NumberOfStudyRelatedSeries": 1, "NumberOfStudyRelatedInstances": 3},
+        PET_CT: {
+            "ModalitiesInStudy": "CT",
+            "NumberOfStudyRelatedSeries": 1,
+            "NumberOfStudyRelatedInstances": 3,
+            "SOPClassesInStudy": CT_IMAGE,
+        },
         CT_SERIES: {"NumberOfSeriesRelatedInstances": 1},
     }
     for index in range(ct_only_studies):
@@ -114,6 +121,10 @@ def test_stale_pacs_gets_fresh_answers_and_the_disagreement_is_counted(relationa
         assert len(both) == 4
         assert_fresh_pet_ct(both[PET_CT])
 
+        by_class = get(f"{root}/studies", SOPClassesInStudy=PET_IMAGE)
+        assert list(by_uid(by_class)) == [PET_CT]
+        assert set(by_class[0]["00080062"]["Value"]) == {CT_IMAGE, PET_IMAGE}
+
         series = by_uid(get(f"{root}/studies/{PET_CT}/series"), "0020000E")
         assert {uid: value(r, "00201209") for uid, r in series.items()} == {CT_SERIES: 3, PT_SERIES: 2}
         relational_series = by_uid(get(f"{root}/series", Modality="CT", PatientID="P1"), "0020000E")
@@ -121,8 +132,8 @@ def test_stale_pacs_gets_fresh_answers_and_the_disagreement_is_counted(relationa
         assert_fresh_pet_ct(relational_series[CT_SERIES])  # /series carries the study's attributes
 
         # Only the PET/CT study disagrees, counted once per request whose answers carried its
-        # values: three study searches, and (hierarchical) /series, whose STUDY C-FIND carries them.
-        assert health(root)["stale_aggregates"] == {"default": 3 if relational else 4}
+        # values: four study searches, and (hierarchical) /series, whose STUDY C-FIND carries them.
+        assert health(root)["stale_aggregates"] == {"default": 4 if relational else 5}
 
 
 def test_trusted_upstream_passes_the_pacs_values_through() -> None:
