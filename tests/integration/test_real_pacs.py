@@ -197,3 +197,11 @@ def test_no_match_is_204(gateway: DICOMwebClient) -> None:
     response = httpx.get(f"{gateway.base_url}/studies", params={"PatientID": "NOBODY"})
     assert response.status_code == 204
     assert gateway.search_for_studies(search_filters={"PatientID": "NOBODY"}) == []
+
+
+def test_no_real_pacs_is_reported_stale(gateway: DICOMwebClient) -> None:
+    """Orthanc's own ModalitiesInStudy and counts agree with the derived ones; no false alarms."""
+    for result in gateway.search_for_studies(fields=["SOPClassesInStudy"]):
+        assert_true_study(result)
+    health = httpx.get(f"{gateway.base_url.rsplit('/', 1)[0]}/health", timeout=10).json()
+    assert set(health["stale_aggregates"].values()) == {0}
