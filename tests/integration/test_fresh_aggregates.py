@@ -104,7 +104,7 @@ def assert_fresh_pet_ct(result: dict[str, Any]) -> None:
 @pytest.mark.parametrize("relational", [True, False], ids=["relational", "hierarchical"])
 def test_stale_pacs_gets_fresh_answers_and_the_disagreement_is_counted(relational: bool) -> None:
     instances, held = pacs_content(3)
-    # profile "auto": the probe sees ModalitiesInStudy answered, and must not trust it for that.
+    # profile "auto": probing learns what the C-FIND does; answering the aggregates earns no trust.
     with FakePacs(instances, relational=relational, held=held) as pacs, gateway(pacs) as root:
         found = get(f"{root}/studies", ModalitiesInStudy="PT")
         assert list(by_uid(found)) == [PET_CT]
