@@ -9,9 +9,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gateway.demo.pacs import free_port
+from gateway.demo.pacs import LocalPacs, free_port
 
-__all__ = ["OBSERVABILITY", "start_gateway"]
+__all__ = ["OBSERVABILITY", "start_gateway", "upstream_config"]
 
 OBSERVABILITY: dict[str, tuple[list[str], dict[str, str]]] = {
     # (flags, environment) of the two gateways `--observability` compares, at the same log level
@@ -45,3 +45,15 @@ def start_gateway(
             time.sleep(0.1)
     process.terminate()
     raise RuntimeError(f"the gateway did not start (see {log})")
+
+
+def upstream_config(pacs: LocalPacs, path: Path, profile: str, **capabilities: bool) -> Path:
+    """Write a TOML configuration at `path`: `pacs` as the only upstream, of `profile`, with
+    `capabilities` under ``[upstreams.pacs.capabilities]``. Returns `path`."""
+    text = f'[gateway]\nlog_level = "warning"\n\n[upstreams.pacs]\nae_title = "{pacs.ae_title}"\n'
+    text += f'host = "{pacs.host}"\nport = {pacs.port}\nprofile = "{profile}"\n'
+    if capabilities:
+        text += "\n[upstreams.pacs.capabilities]\n"
+        text += "".join(f"{name} = {str(value).lower()}\n" for name, value in capabilities.items())
+    path.write_text(text)
+    return path

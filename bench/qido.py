@@ -4,7 +4,8 @@ One run, one Orthanc holding the sample studies, three ways to ask it the same q
 ("studies with a CT series"), each at concurrency 1 and 16:
 
 - ``gateway``: the gateway's QIDO-RS, served by its CLI in its own process, in front of Orthanc's
-  DIMSE port (pooled associations, tuned sockets);
+  DIMSE port (pooled associations, tuned sockets), with the ``orthanc`` profile, which passes
+  Orthanc's own ModalitiesInStudy and counts through (``bench/fresh.py`` measures deriving them);
 - ``c-find``: what a naive integration does: pynetdicom, a new association per query, default
   sockets, the same identifier the gateway sends;
 - ``orthanc-qido``: Orthanc's native DICOMweb plugin on the same data.
@@ -71,7 +72,7 @@ def plain_c_find(pacs: LocalPacs) -> Callable[[], int]:
     return query
 
 
-def http_query(url: str) -> Callable[[], int]:
+def http_query(url: str, params: dict[str, str] = QUERY) -> Callable[[], int]:
     """A QIDO-RS GET on a client per thread (kept-alive connections, as a viewer has)."""
     local = threading.local()
 
@@ -79,9 +80,9 @@ def http_query(url: str) -> Callable[[], int]:
         client = getattr(local, "client", None)
         if client is None:
             client = local.client = httpx.Client(timeout=30)
-        response = client.get(url, params=QUERY, headers={"Accept": "application/dicom+json"})
+        response = client.get(url, params=params, headers={"Accept": "application/dicom+json"})
         response.raise_for_status()
-        return len(response.json())
+        return len(response.json()) if response.status_code == 200 else 0
 
     return query
 
@@ -135,8 +136,9 @@ def measure(query: Callable[[], int], requests: int, concurrency: int, pid: int 
     }
 
 
-def start_gateway(upstream: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    return harness.start_gateway(["--upstream", upstream, "--log-level", "warning"], workdir / "gateway.log")
+def start_gateway(pacs: LocalPacs, workdir: Path, profile: str) -> tuple[subprocess.Popen[bytes], str]:
+    config = harness.upstream_config(pacs, workdir / "gateway.toml", profile)
+    return harness.start_gateway(["--config", str(config)], workdir / "gateway.log")
 
 
 def measure_observability(studies: int, requests: int, rounds: int) -> dict[str, list[dict[str, float]]]:
@@ -200,7 +202,7 @@ def measure_legacy(studies: int, requests: int) -> dict[str, dict[str, float]]:
     """The cost of emulation: the same query through the gateway in front of dcmqrscp."""
     with tempfile.TemporaryDirectory(prefix="bench-qido-legacy-") as tmp, DcmqrscpPacs(Path(tmp) / "pacs") as pacs:
         pacs.store(iter_sample_datasets(generate_sample_studies(studies)))
-        gateway, root = start_gateway(pacs.upstream, Path(tmp))
+        gateway, root = start_gateway(pacs, Path(tmp), "auto")
         try:
             return {
                 "gateway (emulating)": measure(http_query(f"{root}/studies"), requests, 1, gateway.pid),
@@ -232,7 +234,7 @@ def main() -> int:
     results: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-qido-") as tmp, OrthancPacs(Path(tmp) / "orthanc") as orthanc:
         orthanc.store(iter_sample_datasets(generate_sample_studies(args.studies)))
-        gateway, root = start_gateway(orthanc.upstream, Path(tmp))
+        gateway, root = start_gateway(orthanc, Path(tmp), "orthanc")
         try:
             methods = {
                 "gateway": http_query(f"{root}/studies"),

@@ -131,6 +131,8 @@ async def health(request: Request) -> Response:
     publisher: Publisher | None = request.app.state.publisher
     if publisher is not None:
         body["fhir_publish"] = publisher.stats()
+    # Study answers whose PACS-held ModalitiesInStudy or counts disagreed with the derived ones.
+    body["stale_aggregates"] = {u.name: u.stale_aggregates.count for u in upstreams}
     return _json(200, body)
 
 

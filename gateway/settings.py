@@ -23,6 +23,7 @@ A configuration file looks like::
 
     [upstreams.main.capabilities]
     relational = false          # overrides what the profile or probing says
+    trusted_aggregates = false  # derive ModalitiesInStudy and the counts (true: the PACS's own)
 
     [fhir]                      # optional: publish ImagingStudy resources after STOW-RS
     publish_url = "https://fhir.example.org/fhir"
@@ -109,8 +110,12 @@ class Capabilities:
 
     relational: bool | None = None
     """SERIES and IMAGE level queries without the parent UIDs (relational queries)."""
-    modalities_in_study: bool | None = None
-    """Matches on ModalitiesInStudy (list matching) and returns its true, current value."""
+    trusted_aggregates: bool | None = None
+    """ModalitiesInStudy, SOPClassesInStudy and the Number of ... Related ... counts are computed by
+    the PACS at query time (PS3.4 C.3.4), so the gateway passes them through and lets the PACS
+    match on them. Never probed (a PACS that answers them may answer stale values, requirement
+    G5): only a profile or the configuration sets it. Otherwise they are derived from the series
+    and instances the PACS holds now."""
     list_matching: bool | None = None
     """Backslash-separated value lists on non-UID attributes (``Modality=SR\\KO``)."""
     case_insensitive_pn: bool | None = None
@@ -128,12 +133,14 @@ class Capabilities:
     @property
     def complete(self) -> bool:
         """True when every flag is known (nothing is left to probe)."""
-        return all(getattr(self, f.name) is not None for f in fields(self) if f.name != "fuzzy_matching")
+        unprobed = ("fuzzy_matching", "trusted_aggregates")
+        return all(getattr(self, f.name) is not None for f in fields(self) if f.name not in unprobed)
 
 
 PROFILES: dict[str, Capabilities] = {
-    # Measured: Orthanc 1.10 does list matching, relational queries, computed attributes and
-    # case-insensitive person names; it has no fuzzy semantic matching over DIMSE.
+    # Measured: Orthanc 1.10 does list matching, relational queries, computed attributes (from its
+    # index at query time, so they are trusted) and case-insensitive person names; it has no fuzzy
+    # semantic matching over DIMSE.
     "orthanc": Capabilities(True, True, True, True, False, True),
     # Measured: dcmqrscp and pynetdicom's qrscp are hierarchical only, ignore
     # ModalitiesInStudy and return no counts; dcmqrscp matches names case-sensitively;

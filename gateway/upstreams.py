@@ -17,6 +17,7 @@ from gateway.dimse.store import StoreClient
 from gateway.dimse.storescp import MoveRouter, StorageServer
 from gateway.retrieve.cache import InstanceCache
 from gateway.retrieve.service import RetrieveService
+from gateway.search.aggregates import StaleAggregates
 from gateway.search.capabilities import CapabilityTracker
 from gateway.settings import Settings
 
@@ -34,6 +35,7 @@ class Upstream:
     capabilities: CapabilityTracker
     retrieval: RetrieveService
     store: StoreClient
+    stale_aggregates: StaleAggregates
 
 
 class Upstreams:
@@ -58,6 +60,7 @@ class Upstreams:
                 capabilities=CapabilityTracker(u),
                 retrieval=RetrieveService(retriever, client, cache),
                 store=StoreClient(u, settings.ae_title),
+                stale_aggregates=StaleAggregates(u.name),
             )
         self.default = self._by_name[settings.default_upstream.name]
         self._stack = AsyncExitStack()

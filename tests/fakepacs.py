@@ -3,7 +3,11 @@
 It answers Study Root C-FINDs and C-GETs from in-memory instance datasets, hierarchically or
 relationally, and can be told to fail: answer a failure status after some results or
 sub-operations, hang, or abort. It records every identifier it receives, so tests can check what
-the gateway sent upstream.
+the gateway sent upstream, and counts its C-FINDs per level.
+
+Like an archive that writes study-level values when the first series arrives and never again, it
+can hold study- and series-level attributes of its own (`held`): it answers and matches those
+instead of what its instances say.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import fnmatch
 import ssl
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -38,6 +43,8 @@ class Fault:
     after: int = 0
     status: int = 0xA700
     seconds: float = 30.0
+    level: str | None = None
+    """Only C-FINDs at this QueryRetrieveLevel misbehave (any C-FIND or C-GET when ``None``)."""
 
 
 @dataclass
@@ -58,6 +65,11 @@ class FakePacs:
     port: int = 0
     ssl_context: ssl.SSLContext | None = None
     """Serve DICOM TLS with this context (pynetdicom's own TLS server)."""
+    held: dict[str, dict[str, object]] = field(default_factory=dict)
+    """Attributes the PACS holds for a study or series UID (keyword -> value), answered and matched
+    at that level instead of its instances' values: stale aggregates."""
+    finds: Counter[str] = field(default_factory=Counter)
+    """C-FINDs received, by QueryRetrieveLevel."""
 
     def __post_init__(self) -> None:
         self._ae = AE(ae_title=self.ae_title)
@@ -97,6 +109,8 @@ class FakePacs:
         identifier = event.identifier
         self.received.append(identifier)
         level = identifier.QueryRetrieveLevel
+        with self._lock:
+            self.finds[level] += 1
         if not self.relational and any(not identifier.get(p) for p in _PARENTS[level]):
             yield 0x0000, None
             return
@@ -104,20 +118,21 @@ class FakePacs:
         seen: set[str] = set()
         sent = 0
         for instance in self.instances:
-            if not all(_matches(e.keyword, e.value, instance) for e in keys if e.VR != "SQ"):
+            held = self.held.get(str(instance.get(_UNIQUE[level], "")), {}) if level != "IMAGE" else {}
+            if not all(_matches(e.keyword, e.value, instance, held) for e in keys if e.VR != "SQ"):
                 continue
             uid = instance.get(_UNIQUE[level])
             if uid in seen:
                 continue
             seen.add(uid)
-            final = self._interruption(event, sent)
+            final = self._interruption(event, sent, level)
             if final is not None:
                 yield from final
                 return
             response = Dataset()
             response.QueryRetrieveLevel = level
             for element in keys:
-                value = instance.get(element.keyword)
+                value = held.get(element.keyword, instance.get(element.keyword))
                 response.add_new(element.tag, element.VR, value if value is not None else None)
             sent += 1
             yield 0xFF00, response
@@ -138,9 +153,12 @@ class FakePacs:
                 self.sent += 1
             yield 0xFF00, _with_file_meta(instance)
 
-    def _interruption(self, event: evt.Event, sent: int) -> list[tuple[int, Dataset | None]] | None:
+    def _interruption(
+        self, event: evt.Event, sent: int, level: str | None = None
+    ) -> list[tuple[int, Dataset | None]] | None:
         """Before each pending answer: the fault's last answers, a slow PACS's delay, a C-CANCEL's."""
-        if self.fault is not None and sent >= self.fault.after:
+        fault = self.fault
+        if fault is not None and sent >= fault.after and fault.level in (None, level):
             return list(self._misbehave(event))
         if self.delay:
             time.sleep(self.delay)
@@ -171,10 +189,10 @@ def _with_file_meta(instance: Dataset) -> Dataset:
     return instance
 
 
-def _matches(keyword: str, wanted: object, instance: Dataset) -> bool:
+def _matches(keyword: str, wanted: object, instance: Dataset, held: dict[str, object] | None = None) -> bool:
     if wanted in (None, "", []):
         return True
-    have = instance.get(keyword)
+    have = (held or {}).get(keyword, instance.get(keyword))
     if have is None:
         return False
     options = [str(w) for w in wanted] if isinstance(wanted, MultiValue | list) else str(wanted).split("\\")

@@ -70,7 +70,8 @@ async def _search(request: Request, level: QueryLevel) -> Response:
     upstream = service.upstream
     caps = await upstream.capabilities.get(upstream.client)
     plan = plan_search(query, caps)
-    results = Searcher(upstream.client, caps, plan, settings.fanout_concurrency).search(query)
+    searcher = Searcher(upstream.client, caps, plan, settings.fanout_concurrency, upstream.stale_aggregates)
+    results = searcher.search(query)
 
     # Gather the first results before committing to a status, so that a PACS failing early is
     # answered with a proper 502/504 rather than a truncated 200.

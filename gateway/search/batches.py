@@ -1,45 +1,48 @@
-"""Ordered, bounded concurrency over an async stream."""
+"""A stream cut into batches, and calls run together."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import aclosing
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
-__all__ = ["map_ordered"]
+__all__ = ["chunked", "gather"]
 
 In = TypeVar("In")
-Out = TypeVar("Out")
 
 
-async def map_ordered(
-    source: AsyncIterator[In], function: Callable[[In], Awaitable[Out]], concurrency: int
-) -> AsyncIterator[Out]:
-    """Yield ``await function(item)`` for each item of `source`, in order.
-
-    Up to `concurrency` calls run at once. The calls run in batches so that no task group is
-    open while this generator is suspended at a ``yield`` (a task group must not span a yield).
-    """
+async def chunked(source: AsyncIterator[In], size: int) -> AsyncIterator[list[In]]:
+    """Yield the items of `source` in lists of `size` (the last one shorter), in order."""
     async with aclosing(source):  # type: ignore[type-var]
-        iterator = aiter(source)
-        exhausted = False
-        while not exhausted:
-            batch: list[In] = []
-            while len(batch) < concurrency:
-                try:
-                    batch.append(await anext(iterator))
-                except StopAsyncIteration:
-                    exhausted = True
-                    break
-            results: list[Out] = [None] * len(batch)  # type: ignore[list-item]
-            async with anyio.create_task_group() as tasks:
-                for index, item in enumerate(batch):
-                    tasks.start_soon(_store, function, item, results, index)
-            for result in results:
-                yield result
+        batch: list[In] = []
+        async for item in source:
+            batch.append(item)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
 
-async def _store(function: Callable[[In], Awaitable[Out]], item: In, results: list[Out], index: int) -> None:
-    results[index] = await function(item)
+async def gather(calls: Sequence[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+    """Run `calls` at once and wait for all of them.
+
+    When one fails the others are cancelled and its exception is raised as itself, not wrapped in
+    an exception group, so that a PACS failure keeps its meaning (a 502, a 504) for the caller.
+    """
+    if len(calls) == 1:
+        await calls[0]()
+        return
+    try:
+        async with anyio.create_task_group() as tasks:
+            for call in calls:
+                tasks.start_soon(call)
+    except BaseExceptionGroup as group:
+        raise _first_leaf(group) from group
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

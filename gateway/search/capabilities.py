@@ -3,7 +3,6 @@
 With ``profile = "auto"`` the gateway asks the PACS a handful of small C-FINDs (each cancelled
 after its first answers) the first time it is queried:
 
-- a STUDY query returning ModalitiesInStudy: a value comes back -> it is maintained;
 - a SERIES query without StudyInstanceUID: an answer -> relational queries work;
 - the first study's PatientName with its case swapped: still found -> PN matching ignores case;
 - the first series' Modality as a list with a value that cannot exist: still found -> list
@@ -14,6 +13,10 @@ after its first answers) the first time it is queried:
 An empty PACS answers none of these; the flags then stay unknown (treated as unsupported, which
 is always correct, only slower) and the probe runs again on a later query. Flags set in the
 configuration always win over probed ones.
+
+Whether the PACS's ModalitiesInStudy and counts can be trusted is never probed: a PACS that
+answers them may answer values written when the first series arrived (requirement G5), and no
+answer tells a fresh value from a stale one.
 """
 
 from __future__ import annotations
@@ -70,10 +73,9 @@ async def _first(
 
 async def probe(client: UpstreamClient) -> Capabilities:
     """Learn what the upstream's C-FIND does, from its own answers (see the module docstring)."""
-    studies = await _first(client, QueryLevel.STUDY, [], ["StudyInstanceUID", "PatientName", "ModalitiesInStudy"], 5)
+    studies = await _first(client, QueryLevel.STUDY, [], ["StudyInstanceUID", "PatientName"], 5)
     if not studies:
         return Capabilities()
-    modalities = any(ds.get("ModalitiesInStudy") for ds in studies)
     relational = await _answers(client, QueryLevel.SERIES, [], ["SeriesInstanceUID"])
 
     case_insensitive: bool | None = None
@@ -99,7 +101,6 @@ async def probe(client: UpstreamClient) -> Capabilities:
 
     return Capabilities(
         relational=relational,
-        modalities_in_study=modalities,
         list_matching=list_matching,
         case_insensitive_pn=case_insensitive,
         uid_list_matching=uid_list_matching,

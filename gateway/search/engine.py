@@ -6,20 +6,27 @@ The same query gives the same answer in front of a capable PACS and a strict leg
 - relational queries (PS3.4 C.4.1.2.1.4): a PACS that is hierarchical only is queried level by
   level, studies first, then the series of each study, then the instances of each series;
 - computed attributes (PS3.4 C.3.4): ModalitiesInStudy, NumberOfStudyRelatedSeries/Instances and
-  NumberOfSeriesRelatedInstances missing from an answer are computed from lower-level C-FINDs;
+  NumberOfSeriesRelatedInstances are derived from what the PACS holds now, by lower-level C-FINDs
+  (:mod:`gateway.search.aggregates`), unless the upstream is configured as trusted
+  (``trusted_aggregates``): a PACS's own values may be stale (requirement G5);
+- ModalitiesInStudy as a match key, on a relational PACS: a SERIES C-FIND on Modality finds the
+  studies, a STUDY C-FIND of their UIDs (in batches) answers them;
 - matching the PACS gets wrong (ModalitiesInStudy, value lists, person names in any case) is
   taken out of the upstream identifier and done by the gateway (:mod:`gateway.query.matching`);
 - duplicates (one STUDY answer per instance) are dropped on the level's unique key.
 
 Every sub-query is a separate C-FIND on its own pooled association; a request runs at most
-``fanout_concurrency`` of them at once.
+``fanout_concurrency`` of them at once. The aggregates an answer returns are derived for its page
+only (after ``offset`` and ``limit``), a batch of results at a time, so the number of C-FINDs of a
+study search does not grow with the number of studies on a relational PACS.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from functools import partial
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
@@ -39,16 +46,25 @@ from gateway.query.attributes import (
 from gateway.query.identifier import build_identifier
 from gateway.query.matching import matches, normalise_values, widened_for_upstream
 from gateway.query.params import MatchKey, MatchType, QidoQuery
-from gateway.search.batches import map_ordered
+from gateway.search.aggregates import UID_LIST_SIZE, AggregateDeriver, StaleAggregates, uid_key
+from gateway.search.batches import chunked, gather
 from gateway.settings import Capabilities
 
 __all__ = ["SearchPlan", "Searcher", "plan_search"]
 
 _LEVELS = (QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE)
-_COMPUTED_STUDY_TAGS = frozenset(tag(k) for k in COMPUTED_STUDY_ATTRIBUTES)
 _SERIES_COUNT_TAG = tag(COMPUTED_SERIES_ATTRIBUTES[0])
 _MODALITIES_TAG = tag("ModalitiesInStudy")
+_MODALITY_TAG = tag("Modality")
+_STUDY_SERIES_TAG = tag("NumberOfStudyRelatedSeries")
+_STUDY_INSTANCES_TAG = tag("NumberOfStudyRelatedInstances")
 _SOP_CLASSES_TAG = tag("SOPClassesInStudy")
+# The aggregates the gateway derives: of a study from its series (and instances), of a series.
+_STUDY_DERIVED_TAGS = frozenset({tag(k) for k in COMPUTED_STUDY_ATTRIBUTES} | {_SOP_CLASSES_TAG})
+_INSTANCE_DERIVED_TAGS = frozenset({_STUDY_INSTANCES_TAG, _SOP_CLASSES_TAG})
+_DERIVED_TAGS = _STUDY_DERIVED_TAGS | {_SERIES_COUNT_TAG}
+_Derived = tuple[str, list[str] | int | None]
+"""A derived value and its VR; ``None`` when it was not derived."""
 _UNIQUE_TAGS = {level: tag(keyword) for level, keyword in UNIQUE_KEY.items()}
 # Default return attributes that PACS rarely hold and that are expensive to ask for: Orthanc
 # answers them empty, but only after reading every matching file from disk (a STUDY C-FIND for
@@ -70,6 +86,9 @@ class SearchPlan:
     output_tags: frozenset[int] | None
     """The top-level tags each result carries; ``None`` for ``includefield=all``."""
     warnings: tuple[str, ...] = field(default=())
+    modality_series_key: MatchKey | None = None
+    """A ModalitiesInStudy key matched through a relational SERIES C-FIND on Modality, when the
+    PACS's own ModalitiesInStudy is not trusted and the PACS takes relational queries."""
 
 
 def _output_levels(query: QidoQuery) -> list[QueryLevel]:
@@ -93,8 +112,8 @@ def _send_upstream(key: MatchKey, caps: Capabilities) -> bool:
     """Whether `key` is trusted to the PACS's matching."""
     if key.match_type is MatchType.UNIVERSAL:
         return True
-    if key.keyword == "ModalitiesInStudy":
-        return bool(caps.modalities_in_study)
+    if key.keyword in ("ModalitiesInStudy", "SOPClassesInStudy"):
+        return bool(caps.trusted_aggregates)  # an untrusted PACS may match on a stale value
     if key.keyword in COMPUTED_STUDY_ATTRIBUTES or key.keyword in COMPUTED_SERIES_ATTRIBUTES:
         return False
     if key.match_type is MatchType.LIST and key.vr != "UI":
@@ -157,6 +176,14 @@ def plan_search(query: QidoQuery, caps: Capabilities) -> SearchPlan:
     warnings: tuple[str, ...] = ()
     if query.fuzzy and not caps.fuzzy_matching:
         warnings = ("fuzzymatching not supported",)
+    modalities = query.key("ModalitiesInStudy")
+    by_series = (
+        levels == (QueryLevel.STUDY,)
+        and bool(caps.relational)
+        and not caps.trusted_aggregates
+        and modalities is not None
+        and modalities.match_type is not MatchType.UNIVERSAL
+    )
     return SearchPlan(
         level=query.level,
         levels=levels,
@@ -165,6 +192,7 @@ def plan_search(query: QidoQuery, caps: Capabilities) -> SearchPlan:
         return_tags=return_tags,
         output_tags=None if query.include_all else frozenset(output),
         warnings=warnings,
+        modality_series_key=modalities if by_series else None,
     )
 
 
@@ -181,65 +209,82 @@ def _uid(dataset: Dataset, level: QueryLevel) -> str:
     return str(dataset.get(UNIQUE_KEY[level], "")).rstrip("\x00 ")
 
 
-@dataclass
-class _StudyAggregates:
-    modalities: list[str]
-    series: int
-    instances: int
-    sop_classes: list[str]
-
-
 class Searcher:
-    """Runs one planned search on one upstream; one instance per request (it memoises counts)."""
+    """Runs one planned search on one upstream; one instance per request (it memoises aggregates).
 
-    def __init__(self, client: UpstreamClient, caps: Capabilities, plan: SearchPlan, concurrency: int) -> None:
+    Results flow in batches of up to :data:`UID_LIST_SIZE`: the gateway's matching is applied to a
+    batch (after deriving the aggregates a match key needs), ``offset`` and ``limit`` to the
+    matches, and only then are the aggregates the answer returns derived, for the page alone.
+    """
+
+    def __init__(
+        self,
+        client: UpstreamClient,
+        caps: Capabilities,
+        plan: SearchPlan,
+        concurrency: int,
+        stale: StaleAggregates | None = None,
+    ) -> None:
         self._client = client
         self._caps = caps
         self._plan = plan
-        self._concurrency = concurrency
-        self._need_sop_classes = plan.output_tags is not None and _SOP_CLASSES_TAG in plan.output_tags
-        self._study_aggregates: dict[str, _StudyAggregates] = {}
-        self._series_counts: dict[tuple[str, str], int] = {}
+        self._trusted = bool(caps.trusted_aggregates)
+        self._stale = stale
+        self._stale_studies: set[str] = set()
+        self._aggregates = AggregateDeriver(client, relational=bool(caps.relational), concurrency=concurrency)
+        output = plan.output_tags
+        self._output_derived = (
+            _DERIVED_TAGS - {_SOP_CLASSES_TAG} if output is None else frozenset(output & _DERIVED_TAGS)
+        )
+        self._batch_is_page = False
+        self._keys_at: dict[QueryLevel, list[MatchKey]] = {}
+        for level in plan.levels:
+            keys = {
+                k.tag: k
+                for lvl in plan.levels
+                for k in plan.local_keys[lvl]
+                if level_of(k.keyword, plan.level).depth <= level.depth
+            }
+            if plan.modality_series_key is not None:
+                keys.pop(_MODALITIES_TAG, None)  # every study the SERIES C-FIND found has such a series
+            self._keys_at[level] = list(keys.values())
 
     async def search(self, query: QidoQuery) -> AsyncGenerator[Dataset, None]:
         """Yield the matching results, de-duplicated, completed and filtered, in PACS order."""
-        stream = self._descend(0, None)
-        skipped = 0
-        produced = 0
-        async with aclosing(stream):  # type: ignore[type-var]
-            async for dataset in stream:
-                if skipped < query.offset:
-                    skipped += 1
-                    continue
-                if query.limit is not None and produced >= query.limit:
-                    return
-                produced += 1
-                yield dataset
+        # A batch of studies found through their series is the page itself when nothing is skipped
+        # and the limit takes a whole batch: its aggregates are then derived alongside its STUDY C-FIND.
+        self._batch_is_page = query.offset == 0 and (query.limit is None or query.limit >= UID_LIST_SIZE)
+        page = _page(self._descend(0, None), query.offset, query.limit)
+        async with aclosing(chunked(page, UID_LIST_SIZE)) as batches:  # type: ignore[type-var]
+            async for batch in batches:
+                await self._complete(batch, self._output_derived)
+                for dataset in batch:
+                    yield dataset
 
     async def _descend(self, index: int, parent: Dataset | None) -> AsyncIterator[Dataset]:
         level = self._plan.levels[index]
-        keys = list(self._plan.upstream_keys[level])
-        if parent is not None:
-            # Hierarchical query: the parents' unique keys, one value each (PS3.4 C.4.1.2.1.3).
-            for upper in _LEVELS[: level.depth]:
-                uid = _uid(parent, upper)
-                keys = [k for k in keys if k.keyword != UNIQUE_KEY[upper]]
-                keys.append(MatchKey((_UNIQUE_TAGS[upper],), UNIQUE_KEY[upper], "UI", MatchType.SINGLE, (uid,)))
-        identifier = build_identifier(level, keys, self._plan.return_tags[level])
-        found = self._unique(self._client.find(identifier), level, parent)
-        prepared = map_ordered(found, lambda ds: self._prepare(ds, level), self._concurrency)
+        if self._plan.modality_series_key is not None:
+            found = self._studies_with_series(self._plan.modality_series_key)
+        else:
+            keys = list(self._plan.upstream_keys[level])
+            if parent is not None:
+                # Hierarchical query: the parents' unique keys, one value each (PS3.4 C.4.1.2.1.3).
+                for upper in _LEVELS[: level.depth]:
+                    keys = [k for k in keys if k.keyword != UNIQUE_KEY[upper]]
+                    keys.append(uid_key(upper, [_uid(parent, upper)]))
+            identifier = build_identifier(level, keys, self._plan.return_tags[level])
+            found = self._unique(self._client.find(identifier), level, parent)
         last = index == len(self._plan.levels) - 1
-        async with aclosing(prepared):  # type: ignore[type-var]
-            async for dataset in prepared:
-                if dataset is None:
-                    continue
-                if last:
-                    yield dataset
-                    continue
-                children = self._descend(index + 1, dataset)
-                async with aclosing(children):  # type: ignore[type-var]
-                    async for child in children:
-                        yield child
+        async with aclosing(chunked(found, UID_LIST_SIZE)) as batches:  # type: ignore[type-var]
+            async for batch in batches:
+                for dataset in await self._matching(batch, level):
+                    if last:
+                        yield dataset
+                        continue
+                    children = self._descend(index + 1, dataset)
+                    async with aclosing(children):  # type: ignore[type-var]
+                        async for child in children:
+                            yield child
 
     async def _unique(
         self, found: AsyncIterator[Dataset], level: QueryLevel, parent: Dataset | None
@@ -257,101 +302,145 @@ class Searcher:
                             dataset.add(element)
                 yield dataset
 
-    def _wants(self, tag_value: int) -> bool:
-        output = self._plan.output_tags
-        return (
-            output is None
-            or tag_value in output
-            or any(k.tag == tag_value for lvl in self._plan.local_keys for k in self._plan.local_keys[lvl])
+    async def _studies_with_series(self, key: MatchKey) -> AsyncIterator[Dataset]:
+        """The studies holding a series whose Modality matches `key` (ModalitiesInStudy), in the
+        order the SERIES C-FIND finds them; each batch of them then by one STUDY C-FIND of its UIDs.
+
+        The SERIES C-FIND (a relational query) carries the study-level keys the PACS is trusted
+        with, so that it finds few studies the STUDY C-FIND then drops.
+        """
+        study_keys = [k for k in self._plan.upstream_keys[QueryLevel.STUDY] if k.keyword != "ModalitiesInStudy"]
+        modality = MatchKey((_MODALITY_TAG,), "Modality", "CS", key.match_type, key.values)
+        series_keys = study_keys + ([modality] if _send_upstream(modality, self._caps) else [])
+        returns = [_UNIQUE_TAGS[QueryLevel.STUDY], _UNIQUE_TAGS[QueryLevel.SERIES], _MODALITY_TAG]
+        series = self._client.find(build_identifier(QueryLevel.SERIES, series_keys, returns))
+        others = [k for k in study_keys if k.keyword != "StudyInstanceUID"]
+        async with aclosing(chunked(_studies_of(series, key), UID_LIST_SIZE)) as batches:  # type: ignore[type-var]
+            async for uids in batches:
+                keys = [*others, uid_key(QueryLevel.STUDY, uids)]
+                identifier = build_identifier(QueryLevel.STUDY, keys, self._plan.return_tags[QueryLevel.STUDY])
+                found: dict[str, Dataset] = {}
+                calls = [partial(self._find_studies, identifier, found)]
+                if self._batch_is_page:
+                    calls.append(partial(self._load, [(uid, "", self._output_derived) for uid in uids]))
+                await gather(calls)
+                for uid in uids:
+                    if uid in found:
+                        yield found[uid]
+
+    async def _find_studies(self, identifier: Dataset, found: dict[str, Dataset]) -> None:
+        """Run a STUDY C-FIND, keeping the first answer for each StudyInstanceUID in `found`."""
+        async with aclosing(self._client.find(identifier)) as studies:  # type: ignore[type-var]
+            async for dataset in studies:
+                found.setdefault(_uid(dataset, QueryLevel.STUDY), dataset)
+
+    async def _matching(self, batch: list[Dataset], level: QueryLevel) -> list[Dataset]:
+        """The datasets of `batch` that satisfy the keys the gateway checks at `level`."""
+        keys = self._keys_at[level]
+        await self._complete(batch, frozenset(k.tag for k in keys) & _DERIVED_TAGS)
+        return [ds for ds in batch if all(self._satisfies(ds, key) for key in keys)]
+
+    def _satisfies(self, dataset: Dataset, key: MatchKey) -> bool:
+        values = _values(dataset, key)
+        if key.tag in _DERIVED_TAGS and not self._trusted and key.match_type is not MatchType.UNIVERSAL:
+            return bool(values) and matches(key, values)  # derived: an empty value is the truth
+        return matches(key, values)
+
+    async def _complete(self, batch: list[Dataset], tags: frozenset[int]) -> None:
+        """Set the aggregates `tags` of each dataset of `batch`: derived unless the PACS is trusted
+        (then only where it left them empty)."""
+        if not tags:
+            return
+        todo = [(ds, frozenset(t for t in tags if not self._trusted or _is_empty(ds, t))) for ds in batch]
+        await self._load([(_uid(ds, QueryLevel.STUDY), _uid(ds, QueryLevel.SERIES), t) for ds, t in todo])
+        for dataset, missing in todo:
+            self._write(dataset, missing)
+
+    async def _load(self, wanted: list[tuple[str, str, frozenset[int]]]) -> None:
+        """Derive the aggregates `tags` of each ``(study UID, series UID, tags)`` of `wanted`."""
+        series_of: list[str] = []
+        instances_of: list[str] = []
+        series: list[tuple[str, str]] = []
+        sop_classes = False
+        for study_uid, series_uid, tags in wanted:
+            if study_uid and _STUDY_DERIVED_TAGS & tags:
+                series_of.append(study_uid)
+                if _INSTANCE_DERIVED_TAGS & tags:
+                    instances_of.append(study_uid)
+                sop_classes = sop_classes or _SOP_CLASSES_TAG in tags
+            if series_uid and _SERIES_COUNT_TAG in tags:
+                series.append((study_uid, series_uid))
+        await self._aggregates.load(
+            series_of=series_of, instances_of=instances_of, sop_classes=sop_classes, series=series
         )
 
-    async def _prepare(self, dataset: Dataset, level: QueryLevel) -> Dataset | None:
-        """Complete the computed attributes `dataset` lacks, then apply the gateway's matching."""
+    def _write(self, dataset: Dataset, tags: frozenset[int]) -> None:
         study_uid = _uid(dataset, QueryLevel.STUDY)
-        if study_uid and self._needs_study_aggregates(dataset):
-            aggregates = await self._aggregates_of(study_uid)
-            if self._wants(_MODALITIES_TAG):
-                dataset.add_new(_MODALITIES_TAG, "CS", aggregates.modalities)
-            dataset.NumberOfStudyRelatedSeries = aggregates.series
-            dataset.NumberOfStudyRelatedInstances = aggregates.instances
-            if self._need_sop_classes:
-                dataset.add_new(_SOP_CLASSES_TAG, "UI", aggregates.sop_classes)
+        derived: dict[int, _Derived] = {}
+        if study_uid and _STUDY_DERIVED_TAGS.intersection(tags):
+            study = self._aggregates.study(study_uid)
+            table: dict[int, _Derived] = {
+                _MODALITIES_TAG: ("CS", study.modalities),
+                _STUDY_SERIES_TAG: ("IS", study.series),
+                _STUDY_INSTANCES_TAG: ("IS", study.instances),
+                _SOP_CLASSES_TAG: ("UI", study.sop_classes),
+            }
+            derived = {t: table[t] for t in tags if t in table}
+            if not self._trusted:
+                self._compare(dataset, study_uid, derived)
         series_uid = _uid(dataset, QueryLevel.SERIES)
-        if series_uid and self._wants(_SERIES_COUNT_TAG) and _is_empty(dataset, _SERIES_COUNT_TAG):
-            dataset.NumberOfSeriesRelatedInstances = await self._count_instances(study_uid, series_uid)
-        for lvl in self._plan.levels:
-            for key in self._plan.local_keys[lvl]:
-                applies = level_of(key.keyword, self._plan.level).depth <= level.depth
-                if applies and not matches(key, _values(dataset, key)):
-                    return None
-        return dataset
+        if series_uid and _SERIES_COUNT_TAG in tags:
+            derived[_SERIES_COUNT_TAG] = ("IS", self._aggregates.series_count(series_uid))
+        for tag_value, (vr, value) in derived.items():
+            if value is not None:
+                dataset.add_new(tag_value, vr, value)
 
-    def _needs_study_aggregates(self, dataset: Dataset) -> bool:
-        if not any(self._wants(t) for t in _COMPUTED_STUDY_TAGS) and not self._need_sop_classes:
-            return False
-        if any(self._wants(t) and _is_empty(dataset, t) for t in _COMPUTED_STUDY_TAGS):
-            return True
-        if self._wants(_MODALITIES_TAG) and not self._caps.modalities_in_study:
-            return True  # the PACS's value may be stale or made up: compute the true one
-        return self._need_sop_classes and not dataset.get(_SOP_CLASSES_TAG)
-
-    async def _aggregates_of(self, study_uid: str) -> _StudyAggregates:
-        cached = self._study_aggregates.get(study_uid)
-        if cached is not None:
-            return cached
-        study_key = MatchKey(
-            (_UNIQUE_TAGS[QueryLevel.STUDY],), "StudyInstanceUID", "UI", MatchType.SINGLE, (study_uid,)
-        )
-        returns = [tag("SeriesInstanceUID"), tag("Modality"), _SERIES_COUNT_TAG]
-        series: dict[str, Dataset] = {}
-        identifier = build_identifier(QueryLevel.SERIES, [study_key], returns)
-        async with aclosing(self._client.find(identifier)) as found:  # type: ignore[type-var]
-            async for dataset in found:
-                uid = _uid(dataset, QueryLevel.SERIES)
-                if uid:
-                    series.setdefault(uid, dataset)
-
-        async def count(uid: str) -> tuple[int, list[str]]:
-            if not _is_empty(series[uid], _SERIES_COUNT_TAG) and not self._need_sop_classes:
-                return int(series[uid][_SERIES_COUNT_TAG].value), []
-            return await self._instances_of(study_uid, uid)
-
-        totals = [r async for r in map_ordered(_aiter(series), count, self._concurrency)]
-        modalities = sorted({str(ds.get("Modality", "")).strip() for ds in series.values()} - {""})
-        sop_classes = sorted({c for _, classes in totals for c in classes})
-        aggregates = _StudyAggregates(modalities, len(series), sum(n for n, _ in totals), sop_classes)
-        self._study_aggregates[study_uid] = aggregates
-        return aggregates
-
-    async def _count_instances(self, study_uid: str, series_uid: str) -> int:
-        cached = self._series_counts.get((study_uid, series_uid))
-        if cached is None:
-            cached = (await self._instances_of(study_uid, series_uid))[0]
-        return cached
-
-    async def _instances_of(self, study_uid: str, series_uid: str) -> tuple[int, list[str]]:
-        keys = [
-            MatchKey((_UNIQUE_TAGS[QueryLevel.STUDY],), "StudyInstanceUID", "UI", MatchType.SINGLE, (study_uid,)),
-            MatchKey((_UNIQUE_TAGS[QueryLevel.SERIES],), "SeriesInstanceUID", "UI", MatchType.SINGLE, (series_uid,)),
-        ]
-        identifier = build_identifier(QueryLevel.IMAGE, keys, [tag("SOPInstanceUID"), tag("SOPClassUID")])
-        instances: set[str] = set()
-        classes: set[str] = set()
-        async with aclosing(self._client.find(identifier)) as found:  # type: ignore[type-var]
-            async for dataset in found:
-                uid = _uid(dataset, QueryLevel.IMAGE)
-                if uid:
-                    instances.add(uid)
-                    sop_class = str(dataset.get("SOPClassUID", "")).rstrip("\x00 ")
-                    if sop_class:
-                        classes.add(sop_class)
-        self._series_counts[(study_uid, series_uid)] = len(instances)
-        return len(instances), sorted(classes)
+    def _compare(self, dataset: Dataset, study_uid: str, derived: dict[int, _Derived]) -> None:
+        """Count a study whose PACS-held aggregates disagree with the derived ones (once a request)."""
+        if self._stale is None or study_uid in self._stale_studies:
+            return
+        disagreements = []
+        for tag_value, (_, value) in sorted(derived.items()):
+            element = dataset.get(tag_value)
+            held = normalise_values(element.value) if element is not None else []
+            if not held or value is None:
+                continue
+            fresh = sorted({str(v) for v in value}) if isinstance(value, list) else [str(value)]
+            if sorted(set(held)) != fresh:
+                disagreements.append(f"{_keyword(tag_value)} {'/'.join(held)} (derived: {'/'.join(fresh)})")
+        if disagreements:
+            self._stale_studies.add(study_uid)
+            self._stale.record(study_uid, disagreements)
 
 
-async def _aiter(items: Iterable[str]) -> AsyncIterator[str]:
-    for item in items:
-        yield item
+async def _page(source: AsyncIterator[Dataset], offset: int, limit: int | None) -> AsyncIterator[Dataset]:
+    """`limit` items of `source` after the first `offset`; stops reading `source` once they are out."""
+    if limit == 0:
+        return
+    skipped = 0
+    produced = 0
+    async with aclosing(source):  # type: ignore[type-var]
+        async for dataset in source:
+            if skipped < offset:
+                skipped += 1
+                continue
+            yield dataset
+            produced += 1
+            if limit is not None and produced >= limit:
+                return
+
+
+async def _studies_of(series: AsyncIterator[Dataset], key: MatchKey) -> AsyncIterator[str]:
+    """The distinct StudyInstanceUIDs of the series answers whose Modality matches `key`."""
+    seen: set[str] = set()
+    async with aclosing(series):  # type: ignore[type-var]
+        async for dataset in series:
+            uid = _uid(dataset, QueryLevel.STUDY)
+            element = dataset.get(_MODALITY_TAG)
+            modality = normalise_values(element.value) if element is not None else []
+            if uid and uid not in seen and modality and matches(key, modality):
+                seen.add(uid)
+                yield uid
 
 
 def _is_empty(dataset: Dataset, tag_value: int) -> bool:

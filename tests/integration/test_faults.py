@@ -171,7 +171,9 @@ def test_xml_only_client_gets_406() -> None:
 
 def test_failure_after_the_status_line_breaks_the_body_instead_of_shortening_it() -> None:
     settings = settings_for("unused@127.0.0.1:1")
-    with FakePacs(INSTANCES, fault=Fault("status", after=5)) as pacs:
+    # Results are completed and matched 50 at a time: the first 50 go out before the failure.
+    studies = [instance(number, 1, 1, "CT") for number in range(1, 61)]
+    with FakePacs(studies, fault=Fault("status", after=55)) as pacs:
         upstream = replace(settings.default_upstream, host="127.0.0.1", port=pacs.port, ae_title=pacs.ae_title)
         with live_gateway(replace(settings, upstreams=(upstream,), prefetch_results=2)) as root:
             with pytest.raises(httpx.HTTPError):

@@ -205,3 +205,11 @@ def test_study_uid_lists_on_every_pacs(gateway: DICOMwebClient, separator: str) 
     wanted = [STUDIES[0].study_uid, STUDIES[5].study_uid, STUDIES[-1].study_uid]
     results = gateway.search_for_studies(search_filters={"StudyInstanceUID": separator.join(wanted)})
     assert sorted(study_uids(results)) == sorted(wanted)
+
+
+def test_no_real_pacs_is_reported_stale(gateway: DICOMwebClient) -> None:
+    """Orthanc's own ModalitiesInStudy and counts agree with the derived ones; no false alarms."""
+    for result in gateway.search_for_studies(fields=["SOPClassesInStudy"]):
+        assert_true_study(result)
+    health = httpx.get(f"{gateway.base_url.rsplit('/', 1)[0]}/health", timeout=10).json()
+    assert set(health["stale_aggregates"].values()) == {0}

@@ -181,3 +181,38 @@ def test_oversize_body_is_413(pacs: LocalPacs) -> None:
     assert raised.value.response.status_code == 413
     with contextlib.suppress(Exception):
         assert find_instances(pacs, volume[0].StudyInstanceUID) == set()
+
+
+def test_pt_series_stored_into_a_ct_study_shows_in_the_very_next_search(
+    pacs: LocalPacs, client: DICOMwebClient
+) -> None:
+    """Requirement G5: ModalitiesInStudy and the counts follow the series the PACS holds now."""
+    study = next(s for s in generate_sample_studies(30, seed=12) if s.modalities == ("CT", "PT"))
+    datasets = list(iter_sample_datasets([study]))
+    ct = [ds for ds in datasets if ds.Modality == "CT"]
+    pt = [ds for ds in datasets if ds.Modality == "PT"]
+    client.store_instances(ct)
+    assert study.study_uid not in {r["0020000D"]["Value"][0] for r in pet_studies(client)}
+
+    client.store_instances(pt, study_instance_uid=study.study_uid)
+    gateways = [client]
+    with contextlib.ExitStack() as stack:
+        if isinstance(pacs, OrthancPacs):
+            # Orthanc's profile trusts its aggregates (it computes them at query time): also fresh.
+            settings = load_settings(None, upstream=pacs.upstream)
+            trusted = replace(settings.default_upstream, profile="orthanc")
+            gateways.append(
+                DICOMwebClient(url=stack.enter_context(live_gateway(replace(settings, upstreams=(trusted,)))))
+            )
+        for gateway in gateways:
+            (found,) = [r for r in pet_studies(gateway) if r["0020000D"]["Value"][0] == study.study_uid]
+            assert found["00080061"]["Value"] == ["CT", "PT"]
+            assert found["00201206"]["Value"] == [len(study.series)]
+            assert found["00201208"]["Value"] == [len(datasets)]
+            series = gateway.search_for_series(study.study_uid)
+            counts = {r["0020000E"]["Value"][0]: r["00201209"]["Value"][0] for r in series}
+            assert counts == {se.series_uid: se.instance_count for se in study.series}
+
+
+def pet_studies(client: DICOMwebClient) -> list[dict[str, Any]]:
+    return client.search_for_studies(search_filters={"ModalitiesInStudy": "PT"})

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from gateway.query.attributes import QueryLevel, tag
 from gateway.query.params import parse_qido_query
 from gateway.search.engine import plan_search
-from gateway.settings import PROFILES
+from gateway.settings import PROFILES, Capabilities
 
 CAPABLE = PROFILES["orthanc"]
 LEGACY = PROFILES["legacy"]
@@ -111,3 +113,22 @@ def test_uid_lists_go_upstream_only_where_they_work() -> None:
     qrscp = plan_search(query, PROFILES["qrscp"])
     assert keywords(qrscp.upstream_keys[QueryLevel.STUDY]) == set()
     assert keywords(qrscp.local_keys[QueryLevel.STUDY]) == {"StudyInstanceUID"}
+
+
+def test_untrusted_modalities_in_study_is_matched_through_a_series_query_on_a_relational_pacs() -> None:
+    query = parse_qido_query(QueryLevel.STUDY, [("ModalitiesInStudy", "PT"), ("PatientID", "P1")])
+    fresh = replace(CAPABLE, trusted_aggregates=False)
+    plan = plan_search(query, fresh)
+    assert plan.modality_series_key is not None and plan.modality_series_key.values == ("PT",)
+    assert keywords(plan.upstream_keys[QueryLevel.STUDY]) == {"PatientID"}
+    # Trusted: the PACS matches it itself. Hierarchical: the gateway matches the derived values.
+    assert plan_search(query, CAPABLE).modality_series_key is None
+    assert plan_search(query, LEGACY).modality_series_key is None
+    assert plan_search(parse_qido_query(QueryLevel.STUDY, [("PatientID", "P1")]), fresh).modality_series_key is None
+
+
+def test_probed_capabilities_never_trust_the_pacs_aggregates() -> None:
+    probed = Capabilities(relational=True, list_matching=True, case_insensitive_pn=True, uid_list_matching=True)
+    assert probed.complete and not probed.trusted_aggregates
+    query = parse_qido_query(QueryLevel.STUDY, [("ModalitiesInStudy", "CT,PT")])
+    assert keywords(plan_search(query, probed).upstream_keys[QueryLevel.STUDY]) == set()

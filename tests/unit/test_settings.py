@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import ConfigError, load_settings, parse_upstream_address
+from gateway.settings import PROFILES, ConfigError, load_settings, parse_upstream_address
 
 
 def test_flags_alone() -> None:
@@ -31,6 +31,9 @@ port = 4242
 profile = "orthanc"
 max_associations = 8
 
+[upstreams.main.capabilities]
+trusted_aggregates = false
+
 [upstreams.legacy]
 ae_title = "OLD"
 host = "127.0.0.1"
@@ -47,7 +50,11 @@ relational = true
     assert [u.name for u in settings.upstreams] == ["main", "legacy"]
     legacy = settings.upstreams[1]
     assert legacy.configured_capabilities.relational is True
-    assert legacy.configured_capabilities.modalities_in_study is False
+    assert legacy.configured_capabilities.trusted_aggregates is False
+    # Orthanc's profile trusts the PACS's ModalitiesInStudy and counts; the configuration can say no.
+    assert PROFILES["orthanc"].trusted_aggregates is True
+    assert settings.upstreams[0].configured_capabilities.trusted_aggregates is False
+    assert settings.upstreams[0].configured_capabilities.relational is True
     assert settings.upstreams[0].max_associations == 8
 
     overridden = load_settings(config, upstream="legacy=NEW@127.0.0.1:2000")
@@ -111,7 +118,7 @@ def test_environment_alone_describes_a_gateway() -> None:
     assert (default.name, default.address, default.profile) == ("default", "PACS@10.0.0.5:104", "orthanc")
     assert default.storage_sop_classes == ("CTImageStorage", "1.2.840.10008.5.1.4.1.1.4")
     assert default.configured_capabilities.relational is False
-    assert default.configured_capabilities.modalities_in_study is True
+    assert default.configured_capabilities.trusted_aggregates is True
     assert (archive.name, archive.address) == ("archive", "ARCHIVE@archive.example:11112")
 
 
