@@ -57,6 +57,21 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         "--max-upload-bytes", dest="max_upload_bytes", type=int, help="largest STOW-RS body accepted (default 4 GiB)"
     )
     parser.add_argument("--log-level", dest="log_level", choices=("critical", "error", "warning", "info", "debug"))
+    parser.add_argument(
+        "--auth-issuer",
+        dest="auth_issuers",
+        action="append",
+        metavar="URL",
+        help="OpenID Connect issuer whose bearer tokens are accepted (repeatable)",
+    )
+    parser.add_argument("--auth-audience", dest="auth_audience", metavar="AUD", help="the aud tokens must name")
+    parser.add_argument(
+        "--allow-anonymous",
+        dest="allow_anonymous",
+        action="store_true",
+        default=None,
+        help="serve without tokens on a non-loopback address (no issuer configured)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -72,6 +87,9 @@ def _serve(args: argparse.Namespace) -> int:
         public_url=args.public_url,
         max_upload_bytes=args.max_upload_bytes,
         log_level=args.log_level,
+        auth_issuers=args.auth_issuers,
+        auth_audience=args.auth_audience,
+        allow_anonymous=args.allow_anonymous,
     )
     _configure_logging(settings.log_level)
     _run(settings)
@@ -94,6 +112,7 @@ def _demo(args: argparse.Namespace) -> int:
                 port=args.port,
                 ae_title=args.ae_title,
                 log_level=args.log_level,
+                allow_anonymous=args.allow_anonymous,
             )
             root = f"http://{settings.host}:{settings.port}{settings.base_path}"
             study = studies[0]
@@ -129,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--ae-title", dest="ae_title", default="GATEWAY")
     demo.add_argument("--studies", type=int, default=48, help="how many sample studies (default 48)")
     demo.add_argument("--log-level", dest="log_level", default="info")
+    demo.add_argument("--allow-anonymous", dest="allow_anonymous", action="store_true", default=None)
     args = parser.parse_args(argv)
     try:
         return _serve(args) if args.command == "serve" else _demo(args)

@@ -21,10 +21,15 @@ A configuration file looks like::
 
     [upstreams.main.capabilities]
     relational = false          # overrides what the profile or probing says
+
+    [auth]                      # OAuth2 / SMART bearer tokens (README: Security)
+    issuers = ["https://login.example.org/realms/hospital"]
+    audience = "https://pacs.example.org/dicom-web"
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -33,7 +38,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "ASYMMETRIC_ALGORITHMS",
     "PROFILES",
+    "AuthSettings",
+    "check_secure_url",
+    "is_loopback",
     "Capabilities",
     "ConfigError",
     "Settings",
@@ -52,6 +61,101 @@ _UPSTREAM_ADDRESS = re.compile(r"^(?:(?P<name>[A-Za-z0-9_-]+)=)?(?P<aet>[^@]{1,1
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the key."""
+
+
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+"""JWS algorithms a token may be signed with (RFC 7518): public-key ones only, never ``none`` or HMAC."""
+
+_SMART_CAPABILITIES = (
+    "launch-standalone",
+    "client-public",
+    "client-confidential-symmetric",
+    "context-standalone-patient",
+    "permission-patient",
+    "permission-user",
+    "permission-v1",
+    "permission-v2",
+)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or ``localhost``) is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_secure_url(key: str, url: str) -> None:
+    # Tokens and keys must not travel in the clear, except to a test issuer on this machine.
+    match = re.match(r"^(https?)://([^/:]+|\[[^]]+\])(:\d+)?(/.*)?$", url)
+    if match is None or (match[1] == "http" and not is_loopback(match[2])):
+        raise ConfigError(f"{key}: {url!r} is not an https:// URL (http:// only for a loopback address)")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who may call the gateway: the bearer tokens it accepts (the ``[auth]`` table).
+
+    With no issuer and no introspection endpoint the gateway serves anonymously, which it does
+    only on a loopback address unless `allow_anonymous` says otherwise.
+    """
+
+    issuers: tuple[str, ...] = ()
+    """OpenID Connect issuers whose JWTs are accepted (keys from ``{issuer}/.well-known/openid-configuration``)."""
+    audience: str = ""
+    """The ``aud`` every token must name: this gateway (required with an issuer)."""
+    algorithms: tuple[str, ...] = ASYMMETRIC_ALGORITHMS
+    leeway: float = 30.0
+    """Seconds of clock skew tolerated on ``exp`` and ``nbf``."""
+    patient_claim: str = "patient"
+    """The claim holding a patient-scoped token's patient, taken as the DICOM PatientID."""
+    allow_anonymous: bool = False
+    """Serve without tokens on a non-loopback address (no issuer configured)."""
+    introspection_url: str = ""
+    """RFC 7662 token introspection endpoint, for opaque (non-JWT) tokens."""
+    introspection_client_id: str = ""
+    introspection_client_secret: str = ""
+    audit_log: str = ""
+    """A file the audit trail (logger ``gateway.audit``) is appended to; empty: the gateway's log."""
+    smart_capabilities: tuple[str, ...] = _SMART_CAPABILITIES
+    """What ``/fhir/.well-known/smart-configuration`` announces the authorization server supports."""
+    http_timeout: float = 5.0
+    """Seconds for each call to the issuer (discovery, JWKS, introspection)."""
+    key_refetch_interval: float = 30.0
+    """Least seconds between two JWKS fetches for an unknown ``kid`` (a flood of made-up kids)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether requests need a bearer token."""
+        return bool(self.issuers or self.introspection_url)
+
+    def __post_init__(self) -> None:
+        for issuer in self.issuers:
+            check_secure_url("auth.issuers", issuer)
+        if self.issuers and not self.audience:
+            raise ConfigError(
+                "auth.audience is required with an issuer (--auth-audience): without it, tokens the issuer made "
+                "for any other service would be accepted"
+            )
+        bad = [a for a in self.algorithms if a not in ASYMMETRIC_ALGORITHMS]
+        if bad or not self.algorithms:
+            raise ConfigError(
+                f"auth.algorithms: {bad or 'empty'}: only {', '.join(ASYMMETRIC_ALGORITHMS)} are accepted "
+                "(never 'none'; HMAC would let anyone holding the public key sign tokens)"
+            )
+        if not 0 <= self.leeway <= 300:
+            raise ConfigError(f"auth.leeway: {self.leeway} is not between 0 and 300 seconds")
+        if not self.patient_claim:
+            raise ConfigError("auth.patient_claim must not be empty")
+        if self.introspection_url:
+            check_secure_url("auth.introspection_url", self.introspection_url)
+            if not self.introspection_client_id:
+                raise ConfigError("auth.introspection_client_id is required with auth.introspection_url")
+        if not 0 < self.http_timeout <= 60 or not 0 <= self.key_refetch_interval <= 3600:
+            raise ConfigError("0 < auth.http_timeout <= 60 and 0 <= auth.key_refetch_interval <= 3600 seconds")
 
 
 @dataclass(frozen=True)
@@ -199,6 +303,13 @@ class Settings:
     """Size the instance cache is kept under (instances being streamed are never evicted)."""
     cache_ttl: float = 300.0
     """Seconds a cached series is served without asking the PACS again (metadata, frames, rendered)."""
+    cors_max_age: int = 600
+    """Seconds a browser may cache a CORS preflight answer."""
+    cors_allow_credentials: bool = False
+    """Let browsers send cookies (a session proxy in front); never with ``*`` in cors_origins."""
+    resource_policy: str = "same-origin"
+    """Cross-Origin-Resource-Policy of WADO-RS answers (same-origin, same-site or cross-origin)."""
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -222,6 +333,21 @@ class Settings:
             raise ConfigError(f"gateway.max_upload_bytes: {self.max_upload_bytes} must be positive")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise ConfigError(f"gateway.log_level: {self.log_level!r} is not a log level")
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            raise ConfigError("gateway.cors_allow_credentials cannot be combined with '*' in gateway.cors_origins")
+        if not 0 <= self.cors_max_age <= 86400:
+            raise ConfigError(f"gateway.cors_max_age: {self.cors_max_age} is not between 0 and 86400 seconds")
+        if self.resource_policy not in ("same-origin", "same-site", "cross-origin"):
+            raise ConfigError(
+                f"gateway.resource_policy: {self.resource_policy!r} is not same-origin|same-site|cross-origin"
+            )
+        if not self.auth.enabled and not self.auth.allow_anonymous and not is_loopback(self.host):
+            raise ConfigError(
+                f"gateway.host {self.host!r} is not a loopback address and no token issuer is configured: anyone "
+                "reaching the port could read and store every patient's images. Configure an issuer "
+                "(--auth-issuer URL --auth-audience AUD, or [auth] issuers and audience), or serve anonymously "
+                "on purpose (--allow-anonymous, or [auth] allow_anonymous = true)"
+            )
 
     @property
     def default_upstream(self) -> UpstreamSettings:
@@ -264,6 +390,32 @@ def _upstream_from_table(name: str, table: Mapping[str, Any]) -> UpstreamSetting
         raise ConfigError(f"upstreams.{name}: {exc}") from exc
 
 
+def _auth_from_table(table: Mapping[str, Any], overrides: dict[str, Any]) -> AuthSettings:
+    """The ``[auth]`` table with the ``--auth-issuer``, ``--auth-audience`` and ``--allow-anonymous`` flags applied."""
+    unknown = set(table) - {f.name for f in fields(AuthSettings)}
+    if unknown:
+        raise ConfigError(f"auth: unknown keys {sorted(unknown)}")
+    values = dict(table)
+    for key in ("issuers", "algorithms", "smart_capabilities"):
+        if key in values:
+            if not isinstance(values[key], list) or not all(isinstance(v, str) for v in values[key]):
+                raise ConfigError(f"auth.{key}: expected a list of strings")
+            values[key] = tuple(values[key])
+    issuers = overrides.pop("auth_issuers", None)
+    audience = overrides.pop("auth_audience", None)
+    allow_anonymous = overrides.pop("allow_anonymous", None)
+    if issuers:
+        values["issuers"] = tuple(issuers)
+    if audience is not None:
+        values["audience"] = audience
+    if allow_anonymous:
+        values["allow_anonymous"] = True
+    try:
+        return AuthSettings(**values)
+    except TypeError as exc:
+        raise ConfigError(f"auth: {exc}") from exc
+
+
 def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
     """Build :class:`Settings` from an optional TOML file and flag overrides.
 
@@ -277,18 +429,21 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
         applies to it.
     """
     gateway_table: dict[str, Any] = {}
+    auth_table: dict[str, Any] = {}
     upstreams: list[UpstreamSettings] = []
     if config_path is not None:
         try:
             document = tomllib.loads(config_path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {config_path}: {exc}") from exc
-        unknown = set(document) - {"gateway", "upstreams"}
+        unknown = set(document) - {"gateway", "upstreams", "auth"}
         if unknown:
             raise ConfigError(f"{config_path}: unknown tables {sorted(unknown)}")
         gateway_table = dict(document.get("gateway", {}))
+        auth_table = dict(document.get("auth", {}))
         upstreams = [_upstream_from_table(name, table) for name, table in document.get("upstreams", {}).items()]
 
+    auth = _auth_from_table(auth_table, overrides)
     upstream_flag = overrides.pop("upstream", None)
     retrieve_flag = overrides.pop("retrieve", None)
     if upstream_flag is not None:
@@ -300,7 +455,7 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
     if retrieve_flag is not None and upstreams:
         upstreams[0] = replace(upstreams[0], retrieve=retrieve_flag)
 
-    known = {f.name for f in fields(Settings)} - {"upstreams"}
+    known = {f.name for f in fields(Settings)} - {"upstreams", "auth"}
     unknown = set(gateway_table) - known
     if unknown:
         raise ConfigError(f"gateway: unknown keys {sorted(unknown)}")
@@ -308,6 +463,6 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
     if "cors_origins" in values:
         values["cors_origins"] = tuple(values["cors_origins"])
     try:
-        return Settings(upstreams=tuple(upstreams), **values)
+        return Settings(upstreams=tuple(upstreams), auth=auth, **values)
     except TypeError as exc:
         raise ConfigError(f"gateway: {exc}") from exc

@@ -20,6 +20,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.auth.audit import AuditRecord
+from gateway.auth.patient import PATIENT_SCOPE_KEY, same_patient
 from gateway.dimse.store import PROCESSING_FAILURE
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, PoolExhausted, UnsupportedMediaType, UpstreamError
 from gateway.part10 import NotDicom
@@ -31,6 +33,7 @@ from gateway.stow.instances import read_upload_header
 from gateway.stow.multipart import MultipartError, Part, parse_media_type, read_parts, spill_body
 from gateway.stow.response import (
     CANNOT_UNDERSTAND,
+    NOT_AUTHORIZED,
     STUDY_INSTANCE_UID_MISMATCH,
     Failed,
     OtherFailure,
@@ -55,6 +58,8 @@ class _Report:
     outcomes: dict[int, Stored | Failed | OtherFailure] = field(default_factory=dict)
     upstream_errors: list[UpstreamError] = field(default_factory=list)
     """Failures to get an association at all: when nothing else happened, the request's error."""
+    patients: set[str] = field(default_factory=set)
+    """PatientIDs of the stored instances (for the audit trail)."""
 
 
 def _body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
@@ -93,7 +98,9 @@ def _parts(request: Request, directory: Path, limit: int) -> AsyncIterator[Part]
     return read_parts(_body_chunks(request, limit), boundary, directory)
 
 
-async def _store_part(part: Part, upstream: Upstream, study: str | None, root: str, report: _Report) -> None:
+async def _store_part(
+    part: Part, upstream: Upstream, study: str | None, root: str, report: _Report, patient: str | None = None
+) -> None:
     where = f"STOW-RS part {part.index + 1}"
     if part.headers.get("content-type") and part.content_type.type != _DICOM:
         logger.warning("%s is %s, not %s: not stored", where, part.content_type.type, _DICOM)
@@ -115,6 +122,10 @@ async def _store_part(part: Part, upstream: Upstream, study: str | None, root: s
             study,
         )
         report.outcomes[part.index] = Failed(sop_class, sop_instance, STUDY_INSTANCE_UID_MISMATCH)
+        return
+    if patient is not None and not same_patient(header.patient_id, patient):
+        logger.warning("%s: instance %s is not the token's patient's: not stored", where, sop_instance)
+        report.outcomes[part.index] = Failed(sop_class, sop_instance, NOT_AUTHORIZED)
         return
     try:
         result = await upstream.store.store(part.path, header.sop_class_uid, header.transfer_syntax)
@@ -147,28 +158,36 @@ async def _store_part(part: Part, upstream: Upstream, study: str | None, root: s
     # What the WADO-RS cache holds of this instance and its series is stale from now on.
     upstream.retrieval.cache.forget(header.study_instance_uid, header.series_instance_uid, sop_instance)
     url = f"{root}/studies/{header.study_instance_uid}/series/{header.series_instance_uid}/instances/{sop_instance}"
+    report.patients.add(header.patient_id)
     report.outcomes[part.index] = Stored(sop_class, sop_instance, url, result.status if result.warning else None)
 
 
 async def _store_worker(
-    parts: MemoryObjectReceiveStream[Part], upstream: Upstream, study: str | None, root: str, report: _Report
+    parts: MemoryObjectReceiveStream[Part],
+    upstream: Upstream,
+    study: str | None,
+    root: str,
+    report: _Report,
+    patient: str | None,
 ) -> None:
     async with parts:
         async for part in parts:
             try:
-                await _store_part(part, upstream, study, root, report)
+                await _store_part(part, upstream, study, root, report, patient)
             finally:
                 part.path.unlink(missing_ok=True)
 
 
-async def _store_all(parts: AsyncIterator[Part], upstream: Upstream, study: str | None, root: str) -> _Report:
+async def _store_all(
+    parts: AsyncIterator[Part], upstream: Upstream, study: str | None, root: str, patient: str | None = None
+) -> _Report:
     """Store every part; a body that turns out malformed is recorded in the report, not raised."""
     report = _Report()
     body_error: Exception | None = None
     send, receive = anyio.create_memory_object_stream[Part](0)
     async with anyio.create_task_group() as workers:
         for _ in range(upstream.store.settings.store_concurrency):
-            workers.start_soon(_store_worker, receive.clone(), upstream, study, root, report)
+            workers.start_soon(_store_worker, receive.clone(), upstream, study, root, report, patient)
         receive.close()
         async with send:
             try:
@@ -201,7 +220,7 @@ async def store_instances(request: Request) -> Response:
     root = service.root_url(request)
     with tempfile.TemporaryDirectory(prefix="dicomweb-gateway-stow-") as workdir:
         parts = _parts(request, Path(workdir), settings.max_upload_bytes)
-        report = await _store_all(parts, service.upstream, study, root)
+        report = await _store_all(parts, service.upstream, study, root, request.scope.get(PATIENT_SCOPE_KEY))
 
     outcomes = [report.outcomes[index] for index in sorted(report.outcomes)]
     stored = [o for o in outcomes if isinstance(o, Stored)]
@@ -212,6 +231,10 @@ async def store_instances(request: Request) -> Response:
     if not stored and report.upstream_errors and len(report.upstream_errors) == len(outcomes):
         raise report.upstream_errors[0]  # the PACS could not be reached at all: 502/503/504 as for any request
     studies = {s.retrieve_url.split("/series/")[0] for s in stored}
+    audit: AuditRecord | None = request.scope.get("gateway.audit")
+    if audit is not None:
+        audit.studies.update(url.rsplit("/", 1)[-1] for url in studies)
+        audit.patients.update(report.patients - {""})
     if study is not None:
         study_url: str | None = f"{root}/studies/{study}"
     else:
