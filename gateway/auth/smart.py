@@ -8,6 +8,7 @@ DICOMweb root that accepts the same tokens (``/fhir``: the default upstream's ro
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -39,6 +40,7 @@ IMAGING_SCOPES = (
 )
 """The scopes that govern this gateway (v2, then their v1 forms); see :mod:`gateway.auth.scopes`."""
 
+_RESOURCE_SCOPE = re.compile(r"^(patient|user|system)/")
 # Copied from the issuer's discovery document when it has them.
 _COPIED = (
     "issuer",
@@ -79,7 +81,10 @@ async def smart_configuration(request: Request) -> Response:
     root = settings.base_path + (f"/upstreams/{name}" if name is not None else "")
     capabilities = list(settings.auth.smart_capabilities)
     challenge_methods = [m for m in discovery.get("code_challenge_methods_supported", ["S256"]) if m != "plain"]
-    other_scopes = [s for s in discovery.get("scopes_supported", []) if isinstance(s, str) and "/" not in s]
+    # The issuer's other scopes (openid, launch/patient ...), without those of other resource types.
+    other_scopes = [
+        s for s in discovery.get("scopes_supported", []) if isinstance(s, str) and not _RESOURCE_SCOPE.match(s)
+    ]
     body: dict[str, Any] = {key: discovery[key] for key in _COPIED if key in discovery}
     body |= {
         "grant_types_supported": discovery.get("grant_types_supported", ["authorization_code", "client_credentials"]),

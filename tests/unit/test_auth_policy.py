@@ -149,7 +149,8 @@ def test_answers_are_checked_exactly() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "valid"), [("PAT0001", True), ("*", False), ("P?", False), ("a\\b", False), ("x" * 65, False), (" ", False)]
+    ("value", "valid"),
+    [("PAT0001", True), ("*", False), ("P?", False), ("a\\b", False), ("x" * 65, False), (" ", False)],
 )
 def test_a_token_patient_must_be_a_literal_patient_id(value: str, valid: bool) -> None:
     assert is_valid_patient_id(value) is valid

@@ -52,7 +52,9 @@ def test_the_auth_table(tmp_path: Path) -> None:
         "/var/log/audit.jsonl",
     )
     # A flag adds to nothing: it replaces the file's issuers.
-    assert load_settings(config, auth_issuers=["https://other.example.org"]).auth.issuers == ("https://other.example.org",)
+    assert load_settings(config, auth_issuers=["https://other.example.org"]).auth.issuers == (
+        "https://other.example.org",
+    )
 
 
 @pytest.mark.parametrize(
@@ -76,14 +78,17 @@ def test_bad_auth_tables(tmp_path: Path, table: str, message: str) -> None:
 
 
 def test_test_issuers_on_loopback_may_use_http() -> None:
-    settings = load_settings(None, upstream=UPSTREAM, auth_issuers=["http://127.0.0.1:9000/realms/t"], auth_audience="a")
+    settings = load_settings(
+        None, upstream=UPSTREAM, auth_issuers=["http://127.0.0.1:9000/realms/t"], auth_audience="a"
+    )
     assert settings.auth.issuers == ("http://127.0.0.1:9000/realms/t",)
 
 
 def test_cors_credentials_are_never_combined_with_any_origin(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text(
-        "[gateway]\ncors_origins = ['*']\ncors_allow_credentials = true\n[upstreams.main]\nae_title='A'\nhost='h'\nport=1\n",
+        "[gateway]\ncors_origins = ['*']\ncors_allow_credentials = true\n"
+        "[upstreams.main]\nae_title='A'\nhost='h'\nport=1\n",
         encoding="utf-8",
     )
     with pytest.raises(ConfigError, match="cors_allow_credentials"):
