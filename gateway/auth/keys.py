@@ -78,6 +78,8 @@ class IssuerKeys:
         self._last_error = "not fetched yet"
         self.fetches = 0
         """JWKS fetches attempted so far (the discovery document's included)."""
+        self.generation = 0
+        """Bumped whenever the published key set changes: what was verified with the old one is checked again."""
 
     async def prefetch(self) -> None:
         """Fetch the discovery document and the keys now; a failure is logged, not raised."""
@@ -158,8 +160,11 @@ class IssuerKeys:
                 logger.warning("cannot fetch the signing keys of %s (%s): %s", self.issuer, kept, self._last_error)
                 return
             self._discovery = discovery
-            self._jwks = [k for k in keys if isinstance(k, dict)]
-            self._prepared.clear()
+            published = [k for k in keys if isinstance(k, dict)]
+            if published != self._jwks:
+                self.generation += 1
+                self._prepared.clear()
+            self._jwks = published
             self._fetched_at = now
             logger.info("fetched %d signing keys of %s", len(self._jwks), self.issuer)
 

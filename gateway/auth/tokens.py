@@ -5,11 +5,16 @@ A JWT is accepted when its algorithm is on the allow-list (public-key algorithms
 :mod:`gateway.auth.keys`), its ``aud`` names this gateway and ``exp`` / ``nbf`` hold within the
 leeway. Everything else is a 401 (:class:`~gateway.errors.Unauthorized`); an issuer that cannot
 be reached while no key of it is cached is a 503 (:class:`~gateway.errors.AuthorizationUnavailable`).
+
+A viewer sends the same token with each of its many requests: a token once verified is
+remembered (bounded LRU) until it expires, or until its issuer publishes a different key set.
 """
 
 from __future__ import annotations
 
+import binascii
 import hashlib
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -19,6 +24,7 @@ from typing import Any
 
 import httpx
 import jwt
+from jwt.utils import base64url_decode
 
 from gateway.auth.keys import IssuerKeys, KeysUnavailable, UnknownKey
 from gateway.auth.scopes import Grant, parse_scopes
@@ -31,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 _INTROSPECTION_TTL = 60.0  # seconds an introspection answer is reused (a revoked token lives this long at most)
 _INTROSPECTION_CACHE = 1024
+_VERIFIED_CACHE = 4096
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,19 @@ class Principal:
     grants: tuple[Grant, ...]
     patient: str | None
     """The patient claim (``patient_claim``), for patient-scoped tokens."""
+
+
+def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header and claims of a JWT, unverified: only to pick the issuer and key that verify it."""
+    try:
+        header_part, payload_part, _ = token.split(".")
+        header = json.loads(base64url_decode(header_part))
+        claims = json.loads(base64url_decode(payload_part))
+    except (ValueError, binascii.Error) as exc:
+        raise Unauthorized(f"malformed token: {type(exc).__name__}") from exc
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise Unauthorized("malformed token: its header and claims must be JSON objects")
+    return header, claims
 
 
 def _text(value: object) -> str | None:
@@ -67,6 +87,7 @@ class Authenticator:
             for issuer in settings.issuers
         }
         self._introspected: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+        self._verified: OrderedDict[str, tuple[float, IssuerKeys, int, Principal]] = OrderedDict()
 
     async def __aenter__(self) -> Authenticator:
         for keys in self.issuers.values():
@@ -95,11 +116,14 @@ class Authenticator:
         raise Unauthorized("the bearer token is not a JWT")
 
     async def _verify_jwt(self, token: str) -> Principal:
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError as exc:
-            raise Unauthorized(f"malformed token: {exc}") from exc
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            until, issuer_keys, generation, principal = remembered
+            if time.time() <= until and issuer_keys.generation == generation:
+                self._verified.move_to_end(token)
+                return principal
+            del self._verified[token]
+        header, unverified = _peek(token)
         algorithm = header.get("alg")
         if algorithm not in self.settings.algorithms:
             raise Unauthorized(f"tokens signed with {algorithm!r} are not accepted")
@@ -131,7 +155,11 @@ class Authenticator:
             raise Unauthorized("the token is not valid yet (nbf)") from exc
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}") from exc
-        return self._principal(claims)
+        principal = self._principal(claims)
+        self._verified[token] = (float(claims["exp"]) + self.settings.leeway, keys, keys.generation, principal)
+        while len(self._verified) > _VERIFIED_CACHE:
+            self._verified.popitem(last=False)
+        return principal
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         scopes = claims.get("scope", claims.get("scp", ""))

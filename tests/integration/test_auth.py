@@ -19,11 +19,11 @@ import httpx
 import pytest
 
 import tests.fakepacs
+from gateway.demo.issuer import AUDIENCE, LocalIssuer, SigningKey
 from gateway.settings import AuthSettings, Settings
 from tests.conftest import live_gateway
 from tests.fakepacs import FakePacs
 from tests.integration.test_faults import INSTANCES, settings_for
-from tests.issuer import AUDIENCE, LocalIssuer, SigningKey
 
 STUDY_3 = "1.2.826.0.1.3"
 STUDY_4 = "1.2.826.0.1.4"

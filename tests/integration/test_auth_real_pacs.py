@@ -22,11 +22,11 @@ from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 
+from gateway.demo.issuer import AUDIENCE, LocalIssuer
 from gateway.demo.pacs import DcmqrscpPacs, LocalPacs, OrthancPacs, free_port
 from gateway.demo.samples import generate_sample_studies, iter_sample_datasets
 from gateway.settings import AuthSettings, load_settings
 from tests.conftest import live_gateway
-from tests.issuer import AUDIENCE, LocalIssuer
 
 pytestmark = pytest.mark.upstream
 

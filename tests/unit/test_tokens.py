@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.auth.scopes import Context, Permission, contexts_granting
 from gateway.auth.tokens import Authenticator
+from gateway.demo.issuer import AUDIENCE, SigningKey, mint
 from gateway.errors import AuthorizationUnavailable, Unauthorized
 from gateway.settings import AuthSettings
-from tests.issuer import AUDIENCE, SigningKey, mint
 
 ISSUER = "https://login.test/realms/hospital"
 RSA_KEY = SigningKey.rsa("rsa-1")
@@ -251,3 +251,26 @@ async def test_opaque_tokens_are_introspected_and_the_answer_reused() -> None:
         async with Authenticator(auth) as checker:
             with pytest.raises(AuthorizationUnavailable):
                 await checker.authenticate("other")
+
+
+async def test_a_key_withdrawn_by_the_issuer_no_longer_admits_tokens_verified_before(
+    issuer: MockIssuer, authenticator: Authenticator
+) -> None:
+    old = mint(RSA_KEY, ISSUER)
+    assert (await authenticator.authenticate(old)).subject == "alice"
+    assert (await authenticator.authenticate(old)).subject == "alice"  # remembered: no second verification
+    rotated = SigningKey.rsa("rsa-2")
+    issuer.keys = [rotated]
+    time.sleep(0.25)
+    await authenticator.authenticate(mint(rotated, ISSUER))  # fetches the new key set
+    with pytest.raises(Unauthorized, match="no RS256 key 'rsa-1'"):
+        await authenticator.authenticate(old)
+
+
+async def test_a_remembered_token_still_expires(issuer: MockIssuer) -> None:
+    async with Authenticator(settings(leeway=0)) as checker:
+        token = mint(RSA_KEY, ISSUER, exp=int(time.time()) + 1)
+        assert (await checker.authenticate(token)).subject == "alice"
+        time.sleep(2.1)
+        with pytest.raises(Unauthorized, match="expired"):
+            await checker.authenticate(token)

@@ -1,5 +1,8 @@
-"""A token issuer for the tests: keys made with cryptography, tokens signed with PyJWT, and a tiny
-OpenID provider on 127.0.0.1 that serves the discovery document and the JWKS over real HTTP."""
+"""A token issuer for tests and benchmarks: keys made with cryptography, tokens signed with PyJWT, and
+a tiny OpenID provider on 127.0.0.1 that serves its discovery document and JWKS over real HTTP.
+
+Never a real authorization server: it signs whatever it is asked to.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,12 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+__all__ = ["AUDIENCE", "LocalIssuer", "SigningKey", "mint"]
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -25,6 +31,7 @@ class SigningKey:
     kid: str
     algorithm: str
     private: Any
+    """A cryptography private key (RSA or EC)."""
 
     @classmethod
     def rsa(cls, kid: str = "rsa-1") -> SigningKey:
@@ -35,6 +42,7 @@ class SigningKey:
         return cls(kid, "ES256", ec.generate_private_key(ec.SECP256R1()))
 
     def jwk(self) -> dict[str, Any]:
+        """The public key as a JWK, with its kid, use and alg."""
         codec = RSAAlgorithm if self.algorithm.startswith(("RS", "PS")) else ECAlgorithm
         document: dict[str, Any] = json.loads(codec.to_jwk(self.private.public_key()))
         return document | {"kid": self.kid, "use": "sig", "alg": self.algorithm}
@@ -52,7 +60,7 @@ def mint(
 ) -> str:
     """A signed access token; `claims` override or add (``exp=None`` removes one)."""
     now = int(time.time())
-    payload = {"iss": issuer, "aud": audience, "sub": "alice", "client_id": "viewer", "scope": scope}
+    payload: dict[str, Any] = {"iss": issuer, "aud": audience, "sub": "alice", "client_id": "viewer", "scope": scope}
     payload |= {"iat": now, "exp": now + int(lifetime)}
     payload |= claims
     payload = {k: v for k, v in payload.items() if v is not None}
@@ -71,12 +79,15 @@ class LocalIssuer:
 
     @property
     def url(self) -> str:
+        """The issuer URL (``iss``)."""
         return f"http://127.0.0.1:{self.port}/realms/test"
 
     def token(self, key: SigningKey | None = None, **options: Any) -> str:
+        """A token of this issuer, signed with `key` (its first key by default); see :func:`mint`."""
         return mint(key or self.keys[0], self.url, **options)
 
     def discovery(self) -> dict[str, Any]:
+        """Its OpenID discovery document."""
         return {
             "issuer": self.url,
             "jwks_uri": f"{self.url}/certs",
@@ -87,15 +98,19 @@ class LocalIssuer:
             "scopes_supported": ["openid", "launch/patient", "patient/Observation.rs"],
         }
 
+    def jwks(self) -> dict[str, Any]:
+        """Its JWKS: the public keys of `keys`."""
+        return {"keys": [k.jwk() for k in self.keys]}
+
     def __enter__(self) -> LocalIssuer:
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 issuer.requests[self.path] += 1
-                documents = {
+                documents: dict[str, Callable[[], dict[str, Any]]] = {
                     "/realms/test/.well-known/openid-configuration": issuer.discovery,
-                    "/realms/test/certs": lambda: {"keys": [k.jwk() for k in issuer.keys]},
+                    "/realms/test/certs": issuer.jwks,
                 }
                 if issuer.down or self.path not in documents:
                     self.send_error(503 if issuer.down else 404)
