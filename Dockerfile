@@ -2,7 +2,11 @@
 #   docker build -t dicomweb-gateway .
 #   docker run -p 8080:8080 -p 11113:11113 -v "$PWD/gateway.toml:/etc/dicomweb-gateway/gateway.toml:ro" dicomweb-gateway
 # or, without a configuration file:
-#   docker run -p 8080:8080 dicomweb-gateway serve --host 0.0.0.0 --port 8080 --upstream PACS@10.0.0.5:104
+#   docker run -p 8080:8080 dicomweb-gateway serve --host 0.0.0.0 --port 8080 --upstream PACS@10.0.0.5:104 \
+#     --auth-issuer https://login.example.org/realms/hospital --auth-audience https://pacs.example.org/dicom-web
+# It binds 0.0.0.0, so it needs a token issuer (gateway.toml: [auth] issuers and audience, or the flags above);
+# without one it exits at start-up unless anonymous service is asked for: [auth] allow_anonymous = true or
+# --allow-anonymous (anyone reaching the port can then read and store every study; see README: Security).
 # The instance cache lives in /tmp unless the configuration gives cache_dir (mount a volume there).
 
 # Stage 1: install the project and its dependencies into a virtualenv.

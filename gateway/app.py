@@ -151,6 +151,7 @@ def create_app(settings: Settings) -> Starlette:
     storage.receive_into_files()
     upstreams = Upstreams(settings)
     authenticator = Authenticator(settings.auth) if settings.auth.enabled else None
+    ownership = StudyOwnership()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -174,7 +175,7 @@ def create_app(settings: Settings) -> Starlette:
             AuthMiddleware,
             base_path=settings.base_path,
             authenticator=authenticator,
-            ownership=StudyOwnership(),
+            ownership=ownership,
             upstreams=upstreams,
         )
     )
@@ -193,4 +194,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     app.state.upstreams = upstreams
     app.state.authenticator = authenticator
+    app.state.ownership = ownership
     return app

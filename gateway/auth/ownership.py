@@ -10,6 +10,9 @@ retrieve. A study the PACS does not have stays a 404.
 Answers are cached briefly (``ttl``) in a bounded LRU, so a viewer's many frame requests cost one
 C-FIND per series; a series or instance the cache does not list is asked for again (it may have
 just been stored). Concurrent checks of one key wait for one C-FIND.
+
+The same STUDY-level answer tells a patient-bound STOW-RS whether the study an instance names is
+another patient's (:meth:`StudyOwnership.study_admits`).
 """
 
 from __future__ import annotations
@@ -108,6 +111,17 @@ class StudyOwnership:
                 target.instance,
                 lambda: self._instances_of(upstream, target),
             )
+
+    async def study_admits(self, upstream: Upstream, study: str, patient_id: str) -> bool:
+        """Whether a patient-bound STOW-RS may add to `study`: it is new, or `patient_id`'s already.
+
+        An instance carrying the token's PatientID must not be slipped into another patient's study.
+        """
+        key = (upstream.name, study)
+        patients = self._cache.fresh(key)
+        if patients is None:
+            patients = await self._cache.load(key, lambda: self._patients_of(upstream, study))
+        return all(same_patient(p, patient_id) for p in patients)
 
     async def _require(
         self, upstream: Upstream, key: _Key, uid: str, loader: Callable[[], Awaitable[frozenset[str]]]

@@ -21,10 +21,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.auth.audit import AuditRecord
+from gateway.auth.ownership import StudyOwnership
 from gateway.auth.patient import PATIENT_SCOPE_KEY, same_patient
 from gateway.dimse.store import PROCESSING_FAILURE
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, PoolExhausted, UnsupportedMediaType, UpstreamError
-from gateway.part10 import NotDicom
+from gateway.part10 import InstanceHeader, NotDicom
 from gateway.query.dicomjson import encode_json
 from gateway.query.params import parse_uid
 from gateway.routes.common import DICOM_JSON, ServiceRoot, require_json_accept
@@ -60,6 +61,10 @@ class _Report:
     """Failures to get an association at all: when nothing else happened, the request's error."""
     patients: set[str] = field(default_factory=set)
     """PatientIDs of the stored instances (for the audit trail)."""
+    ownership: StudyOwnership | None = None
+    """Tells whose study an instance names, for a patient-bound token."""
+    admitting_studies: dict[str, bool] = field(default_factory=dict)
+    """Per study of this request: may the patient-bound token add to it."""
 
 
 def _body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
@@ -98,6 +103,17 @@ def _parts(request: Request, directory: Path, limit: int) -> AsyncIterator[Part]
     return read_parts(_body_chunks(request, limit), boundary, directory)
 
 
+async def _patients_instance(header: InstanceHeader, patient: str, upstream: Upstream, report: _Report) -> bool:
+    """A patient-bound token's instance: its PatientID, and a study that is new or already that patient's."""
+    if not same_patient(header.patient_id, patient):
+        return False
+    study = header.study_instance_uid
+    if study not in report.admitting_studies:
+        assert report.ownership is not None
+        report.admitting_studies[study] = await report.ownership.study_admits(upstream, study, patient)
+    return report.admitting_studies[study]
+
+
 async def _store_part(
     part: Part, upstream: Upstream, study: str | None, root: str, report: _Report, patient: str | None = None
 ) -> None:
@@ -123,7 +139,7 @@ async def _store_part(
         )
         report.outcomes[part.index] = Failed(sop_class, sop_instance, STUDY_INSTANCE_UID_MISMATCH)
         return
-    if patient is not None and not same_patient(header.patient_id, patient):
+    if patient is not None and not await _patients_instance(header, patient, upstream, report):
         logger.warning("%s: instance %s is not the token's patient's: not stored", where, sop_instance)
         report.outcomes[part.index] = Failed(sop_class, sop_instance, NOT_AUTHORIZED)
         return
@@ -179,10 +195,15 @@ async def _store_worker(
 
 
 async def _store_all(
-    parts: AsyncIterator[Part], upstream: Upstream, study: str | None, root: str, patient: str | None = None
+    parts: AsyncIterator[Part],
+    upstream: Upstream,
+    study: str | None,
+    root: str,
+    patient: str | None = None,
+    ownership: StudyOwnership | None = None,
 ) -> _Report:
     """Store every part; a body that turns out malformed is recorded in the report, not raised."""
-    report = _Report()
+    report = _Report(ownership=ownership)
     body_error: Exception | None = None
     send, receive = anyio.create_memory_object_stream[Part](0)
     async with anyio.create_task_group() as workers:
@@ -220,7 +241,9 @@ async def store_instances(request: Request) -> Response:
     root = service.root_url(request)
     with tempfile.TemporaryDirectory(prefix="dicomweb-gateway-stow-") as workdir:
         parts = _parts(request, Path(workdir), settings.max_upload_bytes)
-        report = await _store_all(parts, service.upstream, study, root, request.scope.get(PATIENT_SCOPE_KEY))
+        patient = request.scope.get(PATIENT_SCOPE_KEY)
+        ownership = request.app.state.ownership
+        report = await _store_all(parts, service.upstream, study, root, patient, ownership)
 
     outcomes = [report.outcomes[index] for index in sorted(report.outcomes)]
     stored = [o for o in outcomes if isinstance(o, Stored)]

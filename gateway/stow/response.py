@@ -27,7 +27,8 @@ the code dcm4chee-arc answers for the same case, so clients that know one archiv
 """
 
 NOT_AUTHORIZED = 0x0124
-"""An instance of another patient than a patient-bound token's: PS3.7 Annex C "Refused: Not Authorized".
+"""For a patient-bound token, an instance of another patient, or one naming another patient's existing
+study: PS3.7 Annex C "Refused: Not Authorized".
 
 PS3.18 Table I.2-2 lists no code for it; 0124H is the general DIMSE status for an operation the
 requester is not authorized to invoke, so it is what the PACS itself would say. The instance is

@@ -156,16 +156,19 @@ def _sequence(response: dict[str, Any], tag: str) -> list[dict[str, Any]]:
 
 def test_stow_stores_the_patients_instances_only(root: str, issuer: LocalIssuer) -> None:
     own, other = _instance(PATIENT), _instance(OTHERS[0].patient_id)
-    body, content_type = _multipart([own, other])
+    slipped = _instance(PATIENT)  # the token's PatientID, but into another patient's existing study
+    slipped.StudyInstanceUID = OTHERS[0].study_uid
+    body, content_type = _multipart([own, other, slipped])
     token = patient_token(issuer, "patient/ImagingStudy.c")
     response = httpx.post(f"{root}/studies", content=body, headers={**token, "Content-Type": content_type}, timeout=60)
     assert response.status_code == 202, response.text
     answer = response.json()
     assert [i["00081155"]["Value"][0] for i in _sequence(answer, "00081199")] == [own.SOPInstanceUID]
-    (failed,) = _sequence(answer, "00081198")
-    assert failed["00081155"]["Value"][0] == other.SOPInstanceUID
-    assert failed["00081197"]["Value"] == [0x0124]
+    failed = {i["00081155"]["Value"][0]: i["00081197"]["Value"] for i in _sequence(answer, "00081198")}
+    assert failed == {other.SOPInstanceUID: [0x0124], slipped.SOPInstanceUID: [0x0124]}
     everyone = {"Authorization": f"Bearer {issuer.token(scope='system/ImagingStudy.rs')}"}
     stored = httpx.get(f"{root}/studies?StudyInstanceUID={own.StudyInstanceUID}", headers=everyone, timeout=30)
     refused = httpx.get(f"{root}/studies?StudyInstanceUID={other.StudyInstanceUID}", headers=everyone, timeout=30)
     assert stored.status_code == 200 and refused.status_code == 204
+    slipped_in = httpx.get(f"{root}/studies/{OTHERS[0].study_uid}/instances", headers=everyone, timeout=30).json()
+    assert slipped.SOPInstanceUID not in {r["00080018"]["Value"][0] for r in slipped_in}
