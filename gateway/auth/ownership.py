@@ -52,8 +52,7 @@ class _TtlCache:
 
     async def load(self, key: _Key, loader: Callable[[], Awaitable[frozenset[str]]]) -> frozenset[str]:
         """The value of `key` loaded now (or by the load already running); cached if not empty."""
-        running = self._loading.get(key)
-        if running is not None:
+        while (running := self._loading.get(key)) is not None:
             await running.wait()
             cached = self.fresh(key)
             if cached is not None:
