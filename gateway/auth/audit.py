@@ -9,7 +9,7 @@ A line holds::
 
 ``outcome`` is ``success`` (2xx, 3xx), ``denied`` (401, 403), ``failure`` (other statuses) or
 ``error`` (the answer broke off). ``patient_id`` is the token's patient (a patient-bound token),
-else the PatientID the request named or stored; ``studies`` the Study Instance UIDs the path
+else the one PatientID the request searched for or stored; ``studies`` the Study Instance UIDs the path
 named or STOW-RS stored. The token itself is never written.
 
 The lines go wherever the ``gateway.audit`` logger goes: the gateway's log by default, a file of

@@ -12,11 +12,12 @@ from pydicom.dataset import Dataset
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from gateway.auth.audit import AuditRecord
 from gateway.auth.patient import PATIENT_SCOPE_KEY, answer_is_patients, narrow_to_patient
 from gateway.errors import GatewayError
 from gateway.query.attributes import QueryLevel
 from gateway.query.dicomjson import dataset_to_json, empty_elements, encode_json
-from gateway.query.params import parse_qido_query
+from gateway.query.params import MatchType, parse_qido_query
 from gateway.routes.common import DICOM_JSON, ServiceRoot, require_json_accept
 from gateway.search.engine import Searcher, SearchPlan, plan_search
 from gateway.settings import Settings
@@ -70,6 +71,10 @@ async def _search(request: Request, level: QueryLevel) -> Response:
         if narrowed is None:
             return Response(status_code=204)  # the query names other patients only
         query = narrowed
+    named = query.key("PatientID")
+    audit: AuditRecord | None = request.scope.get("gateway.audit")
+    if audit is not None and named is not None and named.match_type is MatchType.SINGLE:
+        audit.patients.add(named.values[0])  # the one patient this search is about
     capped = settings.max_results and (query.limit is None or query.limit > settings.max_results)
     if capped:
         # One more than the cap, to tell "exactly the cap" from "more than the cap".

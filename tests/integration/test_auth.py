@@ -260,6 +260,7 @@ def test_the_audit_trail(root: str, issuer: LocalIssuer, audit_path: Path) -> No
     token = issuer.token(scope="patient/ImagingStudy.rs", patient="P3", sub="bob", client_id="app-7")
     httpx.get(f"{root}/studies/{STUDY_3}/metadata", headers=bearer(token), timeout=10)
     httpx.get(f"{root}/studies/{STUDY_4}/metadata", headers=bearer(token), timeout=10)
+    httpx.get(f"{root}/studies?PatientID=P5", headers=bearer(issuer.token(scope="user/ImagingStudy.rs")), timeout=10)
     httpx.get(f"{root}/studies?limit=1", headers=bearer("forged.token.here"), timeout=10)
     httpx.get(f"{root.removesuffix('/dicom-web')}/health", timeout=10)
     time.sleep(0.2)  # the line is written after the last body chunk went out
@@ -267,7 +268,8 @@ def test_the_audit_trail(root: str, issuer: LocalIssuer, audit_path: Path) -> No
     assert token not in text and "forged.token.here" not in text
     lines = audit_lines(audit_path)
     assert not [line for line in lines if line["path"].endswith("/health")]
-    served, refused, forged = lines[-3:]
+    served, refused, searched, forged = lines[-4:]
+    assert (searched["transaction"], searched["patient_id"], searched["status"]) == ("QIDO", "P5", 200)
     assert served["transaction"] == "WADO" and served["outcome"] == "success" and served["status"] == 200
     assert (served["subject"], served["client_id"], served["issuer"]) == ("bob", "app-7", issuer.url)
     assert (served["patient_id"], served["studies"], served["source"]) == ("P3", [STUDY_3], "127.0.0.1")
