@@ -292,3 +292,18 @@ def test_anonymous_on_another_address_is_logged_as_a_warning(pacs: FakePacs, cap
     with caplog.at_level(logging.WARNING, logger="gateway"), live_gateway(settings) as root:
         assert httpx.get(f"{root}/studies", timeout=10).status_code == 200
     assert any("ANONYMOUSLY" in record.message for record in caplog.records)
+
+
+def test_answers_stay_streamed_through_access_control(issuer: LocalIssuer) -> None:
+    """The middleware is pure ASGI: the first instance reaches the client while the PACS still sends."""
+    study = [i for i in INSTANCES if i.StudyInstanceUID == STUDY_3]
+    with FakePacs(study, delay=1.0) as slow, live_gateway(secured(slow, issuer)) as url:
+        token = bearer(issuer.token(scope="patient/ImagingStudy.rs", patient="P3"))
+        accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+        with httpx.stream("GET", f"{url}/studies/{STUDY_3}", headers={**token, **accept}, timeout=30) as response:
+            assert response.status_code == 200
+            chunks = response.iter_raw()
+            next(chunks)
+            sent_when_first_part_arrived = slow.sent
+            rest = b"".join(chunks)
+        assert sent_when_first_part_arrived < len(study) and rest.endswith(b"--\r\n")
