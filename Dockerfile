@@ -1,10 +1,16 @@
 # dicomweb-gateway: DICOMweb (QIDO-RS, WADO-RS, STOW-RS) in front of a DIMSE-only PACS.
 #   docker build -t dicomweb-gateway .
 # Configured by environment variables alone (every setting has one, see the README):
-#   docker run -p 8080:8080 -e GATEWAY_UPSTREAM=PACS@10.0.0.5:104 -e GATEWAY_AE_TITLE=GATEWAY dicomweb-gateway
+#   docker run -p 8080:8080 -e GATEWAY_UPSTREAM=PACS@10.0.0.5:104 -e GATEWAY_AE_TITLE=GATEWAY \
+#     -e GATEWAY_AUTH__ISSUERS='["https://login.example.org/realms/hospital"]' \
+#     -e GATEWAY_AUTH__AUDIENCE=https://pacs.example.org/dicom-web dicomweb-gateway
 # or by a mounted TOML file (its port is honoured; variables override it):
 #   docker run -p 8080:8080 -p 11113:11113 -v "$PWD/gateway.toml:/etc/dicomweb-gateway/gateway.toml:ro" dicomweb-gateway
-# or the self-contained demo (a PACS with sample studies inside the container):
+# It binds 0.0.0.0, so it needs a token issuer ([auth] issuers and audience, GATEWAY_AUTH__* or --auth-issuer
+# and --auth-audience); without one it exits at start-up unless anonymous service is asked for:
+# [auth] allow_anonymous = true, GATEWAY_AUTH__ALLOW_ANONYMOUS=true or --allow-anonymous (anyone reaching the
+# port can then read and store every study; see README: Security).
+# The self-contained demo (a PACS with synthetic sample studies inside the container) serves anonymously:
 #   docker run -p 8080:8080 dicomweb-gateway demo
 # The instance cache lives in /tmp unless cache_dir (GATEWAY_CACHE_DIR) names another place (mount a volume there).
 

@@ -11,12 +11,17 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import __version__
+from gateway.auth.audit import audit_file, audit_logger
+from gateway.auth.browser import browser_middleware
+from gateway.auth.middleware import AuthMiddleware
+from gateway.auth.ownership import StudyOwnership
+from gateway.auth.smart import smart_routes
+from gateway.auth.tokens import Authenticator
 from gateway.dimse import sockets, storage
 from gateway.errors import GatewayError, UpstreamError
 from gateway.fhir.publish.publisher import Publisher, PublisherFactory
@@ -30,7 +35,7 @@ from gateway.routes.qido import search_for_instances, search_for_series, search_
 from gateway.routes.rendered import retrieve_rendered, retrieve_thumbnail
 from gateway.routes.stow import store_instances
 from gateway.routes.wado import retrieve_instances
-from gateway.settings import Settings
+from gateway.settings import Settings, is_loopback
 from gateway.upstreams import Upstreams
 
 __all__ = ["create_app"]
@@ -172,38 +177,49 @@ def create_app(settings: Settings, *, publisher_factory: PublisherFactory | None
     sockets.install()
     storage.receive_into_files()
     upstreams = Upstreams(settings)
+    authenticator = Authenticator(settings.auth) if settings.auth.enabled else None
+    ownership = StudyOwnership()
     publisher = _fhir_publisher(settings, upstreams, publisher_factory)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with upstreams, AsyncExitStack() as publishing:
+        async with AsyncExitStack() as stack:
+            audit_logger.setLevel(logging.INFO)  # the audit trail does not depend on log_level
+            stack.enter_context(audit_file(settings.auth.audit_log))
+            if authenticator is not None:
+                await stack.enter_async_context(authenticator)
+            elif not is_loopback(settings.host):
+                logger.warning("serving ANONYMOUSLY on %s (allow_anonymous): no token is asked for", settings.host)
+            await stack.enter_async_context(upstreams)
             if publisher is not None:
-                await publishing.enter_async_context(publisher)
+                await stack.enter_async_context(publisher)
             names = ", ".join(f"{u.name}={u.address}" for u in settings.upstreams)
             logger.info("serving DICOMweb at %s for upstreams %s", settings.base_path, names)
             yield
         logger.info("gateway stopped")
 
-    # Outermost first: every answer gets its request id, and is timed with everything inside.
+    # Outermost first: every answer gets its request id and is timed with everything inside; CORS
+    # answers preflights and decorates denials too; then access control.
     middleware = [Middleware(RequestIdMiddleware)]
     if settings.metrics:
         middleware.append(Middleware(MetricsMiddleware))
-    if settings.cors_origins:
-        middleware.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(settings.cors_origins),
-                allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["Accept", "Authorization", "Content-Type", "X-Request-ID"],
-                expose_headers=["Warning", "Content-Location", "Retry-After", "X-Request-ID"],
-            )
+    middleware += browser_middleware(settings)
+    middleware.append(
+        Middleware(
+            AuthMiddleware,
+            base_path=settings.base_path,
+            authenticator=authenticator,
+            ownership=ownership,
+            upstreams=upstreams,
         )
+    )
     routes: list[BaseRoute] = [
         Route("/", describe_gateway, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         *([Route("/metrics", metrics, methods=["GET"])] if settings.metrics else []),
+        *smart_routes(),  # before any /fhir mount, which would otherwise take these paths
         *_service_routes(settings, upstreams),
     ]
     app = Starlette(
@@ -216,4 +232,6 @@ def create_app(settings: Settings, *, publisher_factory: PublisherFactory | None
     app.state.upstreams = upstreams
     app.state.publisher = publisher
     app.state.live_metrics = live_metrics(upstreams)
+    app.state.authenticator = authenticator
+    app.state.ownership = ownership
     return app

@@ -117,6 +117,21 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-format", dest="log_format", choices=("text", "json"), help="text lines, or one JSON object per line"
     )
+    parser.add_argument(
+        "--auth-issuer",
+        dest="auth_issuers",
+        action="append",
+        metavar="URL",
+        help="OpenID Connect issuer whose bearer tokens are accepted (repeatable)",
+    )
+    parser.add_argument("--auth-audience", dest="auth_audience", metavar="AUD", help="the aud tokens must name")
+    parser.add_argument(
+        "--allow-anonymous",
+        dest="allow_anonymous",
+        action="store_true",
+        default=None,
+        help="serve without tokens on a non-loopback address (no issuer configured)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -135,6 +150,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         public_url=args.public_url,
         max_upload_bytes=args.max_upload_bytes,
         log_level=args.log_level,
+        auth_issuers=args.auth_issuers,
+        auth_audience=args.auth_audience,
+        allow_anonymous=args.allow_anonymous,
         fhir_publish_url=args.fhir_publish_url,
         log_format=args.log_format,
     )
@@ -223,6 +241,8 @@ def _demo(args: argparse.Namespace) -> int:
                 port=args.port,
                 ae_title=args.ae_title,
                 log_level=args.log_level,
+                # Synthetic studies only: anonymous even on a non-loopback --host (a container's 0.0.0.0).
+                allow_anonymous=True,
             )
             root = f"http://{settings.host}:{settings.port}{settings.base_path}"
             study = studies[0]

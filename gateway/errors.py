@@ -4,10 +4,13 @@ The tree::
 
     GatewayError                       500
     ├── BadRequest                     400  malformed query, UID, date, number ...
+    ├── Unauthorized                   401  no valid bearer token (WWW-Authenticate: Bearer ...)
+    ├── Forbidden                      403  a valid token without the right, or another patient's data
     ├── NotFound                       404
     ├── NotAcceptable                  406  no media type the client accepts
     ├── PayloadTooLarge                413  a request body above max_upload_bytes
     ├── UnsupportedMediaType           415  a request body of a type the resource does not take
+    ├── AuthorizationUnavailable       503  the token cannot be checked now (issuer keys, introspection)
     └── UpstreamError                  502  the PACS misbehaved
         ├── UpstreamUnavailable        502  connection refused or association rejected
         │   └── UpstreamTlsError       502  DICOM TLS failed: certificate, CA, hostname, client certificate
@@ -21,7 +24,9 @@ Foreign exceptions (pynetdicom, sockets) are translated once, in ``gateway.dimse
 from __future__ import annotations
 
 __all__ = [
+    "AuthorizationUnavailable",
     "BadRequest",
+    "Forbidden",
     "GatewayError",
     "NotAcceptable",
     "NotFound",
@@ -33,6 +38,7 @@ __all__ = [
     "UpstreamTlsError",
     "UnsupportedMediaType",
     "UpstreamUnavailable",
+    "Unauthorized",
 ]
 
 
@@ -57,6 +63,20 @@ class BadRequest(GatewayError):
 
     status_code = 400
     title = "Bad request"
+
+
+class Unauthorized(GatewayError):
+    """No bearer token, or one that is malformed, expired or wrongly signed (RFC 6750 §3.1 invalid_token)."""
+
+    status_code = 401
+    title = "Unauthorized"
+
+
+class Forbidden(GatewayError):
+    """A valid token that does not grant the request (RFC 6750 §3.1 insufficient_scope)."""
+
+    status_code = 403
+    title = "Forbidden"
 
 
 class NotFound(GatewayError):
@@ -85,6 +105,13 @@ class UnsupportedMediaType(GatewayError):
 
     status_code = 415
     title = "Unsupported media type"
+
+
+class AuthorizationUnavailable(GatewayError):
+    """The token cannot be checked now: the issuer's keys or its introspection endpoint are unreachable."""
+
+    status_code = 503
+    title = "Authorization unavailable"
 
 
 class UpstreamError(GatewayError):

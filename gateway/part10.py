@@ -13,7 +13,7 @@ from pydicom.uid import UID
 __all__ = ["InstanceHeader", "NotDicom", "read_instance_header"]
 
 _KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-_TAGS: list[BaseTag | int] = [0x00080016, 0x00080018, 0x0020000D, 0x0020000E]
+_TAGS: list[BaseTag | int] = [0x00080016, 0x00080018, 0x00100020, 0x0020000D, 0x0020000E]
 _LAST_TAG = 0x0020000E
 
 
@@ -31,6 +31,8 @@ class InstanceHeader:
     study_instance_uid: str
     series_instance_uid: str
     transfer_syntax: UID
+    patient_id: str = ""
+    """PatientID (0010,0020), empty when the instance has none."""
 
 
 def _past_the_uids(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -38,7 +40,7 @@ def _past_the_uids(tag: BaseTag, vr: str | None, length: int) -> bool:
 
 
 def read_instance_header(path: Path) -> InstanceHeader:
-    """Read the File Meta Information and the identifying UIDs of the Part 10 file at `path`.
+    """Read the File Meta Information, the identifying UIDs and PatientID of the Part 10 file at `path`.
 
     Reading stops after Series Instance UID (0020,000E), the last of them, so this costs the
     same for a 1 GB instance as for a 1 kB one.
@@ -70,4 +72,5 @@ def read_instance_header(path: Path) -> InstanceHeader:
         study_instance_uid=values["StudyInstanceUID"],
         series_instance_uid=values["SeriesInstanceUID"],
         transfer_syntax=UID(str(transfer_syntax)),
+        patient_id=str(dataset.get("PatientID", "") or "").strip("\x00 "),
     )

@@ -29,6 +29,10 @@ A configuration file looks like::
     publish_url = "https://fhir.example.org/fhir"
     publish_version = "R4"      # R4 | R5
 
+    [auth]                      # OAuth2 / SMART bearer tokens (README: Security)
+    issuers = ["https://login.example.org/realms/hospital"]
+    audience = "https://pacs.example.org/dicom-web"
+
 DICOM TLS to a PACS is ``tls = true`` in its table, with ``tls_ca`` (PEM CA bundle; default: the
 system's trust store), ``tls_cert`` and ``tls_key`` (the gateway's client certificate, for mutual
 TLS) and ``tls_server_name`` (the name its certificate must carry; default: ``host``). The C-MOVE
@@ -39,6 +43,7 @@ storage SCP takes ``store_tls``, ``store_tls_cert``, ``store_tls_key`` and ``sto
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -51,7 +56,11 @@ from typing import Any, Literal
 from gateway.environment import UPSTREAM_VARIABLE, VariableError, environment_document
 
 __all__ = [
+    "ASYMMETRIC_ALGORITHMS",
     "PROFILES",
+    "AuthSettings",
+    "check_secure_url",
+    "is_loopback",
     "Capabilities",
     "ConfigError",
     "FhirPublishSettings",
@@ -97,6 +106,101 @@ def _check_tls(
     for name, path in paths.items():
         if path and not Path(path).is_file():
             raise ConfigError(f"{prefix}.{name}: {path!r} is not a file")
+
+
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+"""JWS algorithms a token may be signed with (RFC 7518): public-key ones only, never ``none`` or HMAC."""
+
+_SMART_CAPABILITIES = (
+    "launch-standalone",
+    "client-public",
+    "client-confidential-symmetric",
+    "context-standalone-patient",
+    "permission-patient",
+    "permission-user",
+    "permission-v1",
+    "permission-v2",
+)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or ``localhost``) is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_secure_url(key: str, url: str) -> None:
+    # Tokens and keys must not travel in the clear, except to a test issuer on this machine.
+    match = re.match(r"^(https?)://([^/:]+|\[[^]]+\])(:\d+)?(/.*)?$", url)
+    if match is None or (match[1] == "http" and not is_loopback(match[2])):
+        raise ConfigError(f"{key}: {url!r} is not an https:// URL (http:// only for a loopback address)")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who may call the gateway: the bearer tokens it accepts (the ``[auth]`` table).
+
+    With no issuer and no introspection endpoint the gateway serves anonymously, which it does
+    only on a loopback address unless `allow_anonymous` says otherwise.
+    """
+
+    issuers: tuple[str, ...] = ()
+    """OpenID Connect issuers whose JWTs are accepted (keys from ``{issuer}/.well-known/openid-configuration``)."""
+    audience: str = ""
+    """The ``aud`` every token must name: this gateway (required with an issuer)."""
+    algorithms: tuple[str, ...] = ASYMMETRIC_ALGORITHMS
+    leeway: float = 30.0
+    """Seconds of clock skew tolerated on ``exp`` and ``nbf``."""
+    patient_claim: str = "patient"
+    """The claim holding a patient-scoped token's patient, taken as the DICOM PatientID."""
+    allow_anonymous: bool = False
+    """Serve without tokens on a non-loopback address (no issuer configured)."""
+    introspection_url: str = ""
+    """RFC 7662 token introspection endpoint, for opaque (non-JWT) tokens."""
+    introspection_client_id: str = ""
+    introspection_client_secret: str = ""
+    audit_log: str = ""
+    """A file the audit trail (logger ``gateway.audit``) is appended to; empty: the gateway's log."""
+    smart_capabilities: tuple[str, ...] = _SMART_CAPABILITIES
+    """What ``/fhir/.well-known/smart-configuration`` announces the authorization server supports."""
+    http_timeout: float = 5.0
+    """Seconds for each call to the issuer (discovery, JWKS, introspection)."""
+    key_refetch_interval: float = 30.0
+    """Least seconds between two JWKS fetches for an unknown ``kid`` (a flood of made-up kids)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether requests need a bearer token."""
+        return bool(self.issuers or self.introspection_url)
+
+    def __post_init__(self) -> None:
+        for issuer in self.issuers:
+            check_secure_url("auth.issuers", issuer)
+        if self.issuers and not self.audience:
+            raise ConfigError(
+                "auth.audience is required with an issuer (--auth-audience): without it, tokens the issuer made "
+                "for any other service would be accepted"
+            )
+        bad = [a for a in self.algorithms if a not in ASYMMETRIC_ALGORITHMS]
+        if bad or not self.algorithms:
+            raise ConfigError(
+                f"auth.algorithms: {bad or 'empty'}: only {', '.join(ASYMMETRIC_ALGORITHMS)} are accepted "
+                "(never 'none'; HMAC would let anyone holding the public key sign tokens)"
+            )
+        if not 0 <= self.leeway <= 300:
+            raise ConfigError(f"auth.leeway: {self.leeway} is not between 0 and 300 seconds")
+        if not self.patient_claim:
+            raise ConfigError("auth.patient_claim must not be empty")
+        if self.introspection_url:
+            check_secure_url("auth.introspection_url", self.introspection_url)
+            if not self.introspection_client_id:
+                raise ConfigError("auth.introspection_client_id is required with auth.introspection_url")
+        if not 0 < self.http_timeout <= 60 or not 0 <= self.key_refetch_interval <= 3600:
+            raise ConfigError("0 < auth.http_timeout <= 60 and 0 <= auth.key_refetch_interval <= 3600 seconds")
 
 
 @dataclass(frozen=True)
@@ -369,6 +473,13 @@ class Settings:
     """PEM file of CAs: when set, every PACS must present a client certificate signed by one of them."""
     fhir_publish: FhirPublishSettings | None = None
     """Publishing ImagingStudy resources to a FHIR server; ``None``: not configured."""
+    cors_max_age: int = 600
+    """Seconds a browser may cache a CORS preflight answer."""
+    cors_allow_credentials: bool = False
+    """Let browsers send cookies (a session proxy in front); never with ``*`` in cors_origins."""
+    resource_policy: str = "same-origin"
+    """Cross-Origin-Resource-Policy of WADO-RS answers (same-origin, same-site or cross-origin)."""
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -407,6 +518,21 @@ class Settings:
             raise ConfigError(f"gateway.log_format: {self.log_format!r} is not 'text' or 'json'")
         if not isinstance(self.metrics, bool):
             raise ConfigError(f"gateway.metrics: {self.metrics!r} is not true or false")
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            raise ConfigError("gateway.cors_allow_credentials cannot be combined with '*' in gateway.cors_origins")
+        if not 0 <= self.cors_max_age <= 86400:
+            raise ConfigError(f"gateway.cors_max_age: {self.cors_max_age} is not between 0 and 86400 seconds")
+        if self.resource_policy not in ("same-origin", "same-site", "cross-origin"):
+            raise ConfigError(
+                f"gateway.resource_policy: {self.resource_policy!r} is not same-origin|same-site|cross-origin"
+            )
+        if not self.auth.enabled and not self.auth.allow_anonymous and not is_loopback(self.host):
+            raise ConfigError(
+                f"gateway.host {self.host!r} is not a loopback address and no token issuer is configured: anyone "
+                "reaching the port could read and store every patient's images. Configure an issuer "
+                "(--auth-issuer URL --auth-audience AUD, or [auth] issuers and audience), or serve anonymously "
+                "on purpose (--allow-anonymous, or [auth] allow_anonymous = true)"
+            )
 
     @property
     def default_upstream(self) -> UpstreamSettings:
@@ -504,6 +630,32 @@ def _laid_over(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _auth_from_table(table: Mapping[str, Any], overrides: dict[str, Any]) -> AuthSettings:
+    """The ``[auth]`` table with the ``--auth-issuer``, ``--auth-audience`` and ``--allow-anonymous`` flags applied."""
+    unknown = set(table) - {f.name for f in fields(AuthSettings)}
+    if unknown:
+        raise ConfigError(f"auth: unknown keys {sorted(unknown)}")
+    values = dict(table)
+    for key in ("issuers", "algorithms", "smart_capabilities"):
+        if key in values:
+            if not isinstance(values[key], list) or not all(isinstance(v, str) for v in values[key]):
+                raise ConfigError(f"auth.{key}: expected a list of strings")
+            values[key] = tuple(values[key])
+    issuers = overrides.pop("auth_issuers", None)
+    audience = overrides.pop("auth_audience", None)
+    allow_anonymous = overrides.pop("allow_anonymous", None)
+    if issuers:
+        values["issuers"] = tuple(issuers)
+    if audience is not None:
+        values["audience"] = audience
+    if allow_anonymous:
+        values["allow_anonymous"] = True
+    try:
+        return AuthSettings(**values)
+    except TypeError as exc:
+        raise ConfigError(f"auth: {exc}") from exc
+
+
 def load_settings(
     config_path: Path | None = None, *, environ: Mapping[str, str] | None = None, **overrides: Any
 ) -> Settings:
@@ -533,6 +685,7 @@ def load_settings(
         document = _laid_over(document, environment_document(environ, _key_type))
     except VariableError as exc:
         raise ConfigError(str(exc)) from exc
+    auth = _auth_from_table(dict(document.get("auth", {})), overrides)
     upstream_flag = overrides.pop("upstream", None) or environ.get(UPSTREAM_VARIABLE) or None
     if upstream_flag is not None:
         # The address completes (or creates) that upstream's table, so its other keys may come from anywhere.
@@ -544,7 +697,7 @@ def load_settings(
             "host": address.host,
             "port": address.port,
         }
-    unknown = set(document) - {"gateway", "upstreams", "fhir"}
+    unknown = set(document) - {"gateway", "upstreams", "fhir", "auth"}
     if unknown:
         raise ConfigError(f"{config_path or 'environment'}: unknown tables {sorted(unknown)}")
     gateway_table: dict[str, Any] = dict(document.get("gateway", {}))
@@ -557,7 +710,7 @@ def load_settings(
     if retrieve_flag is not None and upstreams:
         upstreams[0] = replace(upstreams[0], retrieve=retrieve_flag)
 
-    known = {f.name for f in fields(Settings)} - {"upstreams", "fhir_publish"}
+    known = {f.name for f in fields(Settings)} - {"upstreams", "fhir_publish", "auth"}
     unknown = set(gateway_table) - known
     if unknown:
         raise ConfigError(f"gateway: unknown keys {sorted(unknown)}")
@@ -565,6 +718,6 @@ def load_settings(
     if "cors_origins" in values:
         values["cors_origins"] = tuple(values["cors_origins"])
     try:
-        return Settings(upstreams=tuple(upstreams), fhir_publish=fhir_publish, **values)
+        return Settings(upstreams=tuple(upstreams), fhir_publish=fhir_publish, auth=auth, **values)
     except TypeError as exc:
         raise ConfigError(f"gateway: {exc}") from exc

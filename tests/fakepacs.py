@@ -60,6 +60,8 @@ class FakePacs:
     cancels: int = 0
     sent: int = 0
     """C-GET sub-operations started so far."""
+    gets: int = 0
+    """C-GET requests received so far."""
     delay: float = 0.0
     """Seconds to wait before each pending answer (a slow PACS)."""
     port: int = 0
@@ -141,6 +143,8 @@ class FakePacs:
     def _handle_get(self, event: evt.Event) -> Iterator[int | tuple[int, Dataset | None]]:
         identifier = event.identifier
         self.received.append(identifier)
+        with self._lock:
+            self.gets += 1
         keys = [e for e in identifier if e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")]
         matches = [i for i in self.instances if all(_matches(e.keyword, e.value, i) for e in keys)]
         yield len(matches)

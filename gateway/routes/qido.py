@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
@@ -12,10 +12,12 @@ from pydicom.dataset import Dataset
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from gateway.auth.audit import AuditRecord
+from gateway.auth.patient import PATIENT_SCOPE_KEY, answer_is_patients, narrow_to_patient
 from gateway.errors import GatewayError
 from gateway.query.attributes import QueryLevel
 from gateway.query.dicomjson import dataset_to_json, empty_elements, encode_json
-from gateway.query.params import parse_qido_query
+from gateway.query.params import MatchType, parse_qido_query
 from gateway.routes.common import DICOM_JSON, ServiceRoot, require_json_accept
 from gateway.search.engine import Searcher, SearchPlan, plan_search
 from gateway.settings import Settings
@@ -63,6 +65,16 @@ async def _search(request: Request, level: QueryLevel) -> Response:
         study_uid=request.path_params.get("study"),
         series_uid=request.path_params.get("series"),
     )
+    patient: str | None = request.scope.get(PATIENT_SCOPE_KEY)
+    if patient is not None:
+        narrowed = narrow_to_patient(query, patient)
+        if narrowed is None:
+            return Response(status_code=204)  # the query names other patients only
+        query = narrowed
+    named = query.key("PatientID")
+    audit: AuditRecord | None = request.scope.get("gateway.audit")
+    if audit is not None and named is not None and named.match_type is MatchType.SINGLE:
+        audit.patients.add(named.values[0])  # the one patient this search is about
     capped = settings.max_results and (query.limit is None or query.limit > settings.max_results)
     if capped:
         # One more than the cap, to tell "exactly the cap" from "more than the cap".
@@ -70,8 +82,11 @@ async def _search(request: Request, level: QueryLevel) -> Response:
     upstream = service.upstream
     caps = await upstream.capabilities.get(upstream.client)
     plan = plan_search(query, caps)
-    searcher = Searcher(upstream.client, caps, plan, settings.fanout_concurrency, upstream.stale_aggregates)
-    results = searcher.search(query)
+    results = Searcher(upstream.client, caps, plan, settings.fanout_concurrency, upstream.stale_aggregates).search(
+        query
+    )
+    if patient is not None:
+        results = _only_patient(results, patient)
 
     # Gather the first results before committing to a status, so that a PACS failing early is
     # answered with a proper 502/504 rather than a truncated 200.
@@ -101,6 +116,18 @@ async def _search(request: Request, level: QueryLevel) -> Response:
         return Response(status_code=204, headers=headers)
     body = _stream_json(first, None if finished else results, plan, service.root_url(request))
     return StreamingResponse(body, media_type=DICOM_JSON, headers=headers)
+
+
+async def _only_patient(results: AsyncGenerator[Dataset, None], patient: str) -> AsyncGenerator[Dataset, None]:
+    """The answers of a patient-bound search, each checked again: the PACS may ignore a key."""
+    async with aclosing(results):
+        async for dataset in results:
+            if answer_is_patients(dataset, patient):
+                yield dataset
+            else:
+                logger.warning(
+                    "QIDO-RS: dropped an answer of another patient the PACS matched to PatientID %s", patient
+                )
 
 
 async def _stream_json(

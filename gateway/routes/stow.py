@@ -23,11 +23,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.auth.audit import AuditRecord
+from gateway.auth.ownership import StudyOwnership
+from gateway.auth.patient import PATIENT_SCOPE_KEY, same_patient
 from gateway.dimse.store import PROCESSING_FAILURE
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, PoolExhausted, UnsupportedMediaType, UpstreamError
 from gateway.fhir.publish.publisher import Publisher
 from gateway.metrics import STORED_INSTANCES
-from gateway.part10 import NotDicom
+from gateway.part10 import InstanceHeader, NotDicom
 from gateway.query.dicomjson import encode_json
 from gateway.query.params import parse_uid
 from gateway.routes.common import DICOM_JSON, ServiceRoot, require_json_accept
@@ -36,6 +39,7 @@ from gateway.stow.instances import read_upload_header
 from gateway.stow.multipart import MultipartError, Part, parse_media_type, read_parts, spill_body
 from gateway.stow.response import (
     CANNOT_UNDERSTAND,
+    NOT_AUTHORIZED,
     STUDY_INSTANCE_UID_MISMATCH,
     Failed,
     OtherFailure,
@@ -62,6 +66,12 @@ class _Report:
     """Failures to get an association at all: when nothing else happened, the request's error."""
     stored_studies: set[str] = field(default_factory=set)
     """StudyInstanceUIDs of which at least one instance was stored."""
+    patients: set[str] = field(default_factory=set)
+    """PatientIDs of the stored instances (for the audit trail)."""
+    ownership: StudyOwnership | None = None
+    """Tells whose study an instance names, for a patient-bound token."""
+    admitting_studies: dict[str, bool] = field(default_factory=dict)
+    """Per study of this request: may the patient-bound token add to it."""
 
 
 def _body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
@@ -100,7 +110,20 @@ def _parts(request: Request, directory: Path, limit: int) -> AsyncIterator[Part]
     return read_parts(_body_chunks(request, limit), boundary, directory)
 
 
-async def _store_part(part: Part, upstream: Upstream, study: str | None, root: str, report: _Report) -> None:
+async def _patients_instance(header: InstanceHeader, patient: str, upstream: Upstream, report: _Report) -> bool:
+    """A patient-bound token's instance: its PatientID, and a study that is new or already that patient's."""
+    if not same_patient(header.patient_id, patient):
+        return False
+    study = header.study_instance_uid
+    if study not in report.admitting_studies:
+        assert report.ownership is not None
+        report.admitting_studies[study] = await report.ownership.study_admits(upstream, study, patient)
+    return report.admitting_studies[study]
+
+
+async def _store_part(
+    part: Part, upstream: Upstream, study: str | None, root: str, report: _Report, patient: str | None = None
+) -> None:
     where = f"STOW-RS part {part.index + 1}"
     if part.headers.get("content-type") and part.content_type.type != _DICOM:
         logger.warning("%s is %s, not %s: not stored", where, part.content_type.type, _DICOM)
@@ -122,6 +145,10 @@ async def _store_part(part: Part, upstream: Upstream, study: str | None, root: s
             study,
         )
         report.outcomes[part.index] = Failed(sop_class, sop_instance, STUDY_INSTANCE_UID_MISMATCH)
+        return
+    if patient is not None and not await _patients_instance(header, patient, upstream, report):
+        logger.warning("%s: instance %s is not the token's patient's: not stored", where, sop_instance)
+        report.outcomes[part.index] = Failed(sop_class, sop_instance, NOT_AUTHORIZED)
         return
     try:
         result = await upstream.store.store(part.path, header.sop_class_uid, header.transfer_syntax)
@@ -155,16 +182,22 @@ async def _store_part(part: Part, upstream: Upstream, study: str | None, root: s
     upstream.retrieval.cache.forget(header.study_instance_uid, header.series_instance_uid, sop_instance)
     report.stored_studies.add(str(header.study_instance_uid))
     url = f"{root}/studies/{header.study_instance_uid}/series/{header.series_instance_uid}/instances/{sop_instance}"
+    report.patients.add(header.patient_id)
     report.outcomes[part.index] = Stored(sop_class, sop_instance, url, result.status if result.warning else None)
 
 
 async def _store_worker(
-    parts: MemoryObjectReceiveStream[Part], upstream: Upstream, study: str | None, root: str, report: _Report
+    parts: MemoryObjectReceiveStream[Part],
+    upstream: Upstream,
+    study: str | None,
+    root: str,
+    report: _Report,
+    patient: str | None,
 ) -> None:
     async with parts:
         async for part in parts:
             try:
-                await _store_part(part, upstream, study, root, report)
+                await _store_part(part, upstream, study, root, report, patient)
             finally:
                 part.path.unlink(missing_ok=True)
 
@@ -176,14 +209,14 @@ def _outcome_label(outcome: Stored | Failed | OtherFailure) -> str:
 
 
 async def _store_all(
-    parts: AsyncIterator[Part], upstream: Upstream, study: str | None, root: str, report: _Report
+    parts: AsyncIterator[Part], upstream: Upstream, study: str | None, root: str, report: _Report, patient: str | None
 ) -> None:
     """Store every part into `report`; a body that turns out malformed is recorded in it, not raised."""
     body_error: Exception | None = None
     send, receive = anyio.create_memory_object_stream[Part](0)
     async with anyio.create_task_group() as workers:
         for _ in range(upstream.store.settings.store_concurrency):
-            workers.start_soon(_store_worker, receive.clone(), upstream, study, root, report)
+            workers.start_soon(_store_worker, receive.clone(), upstream, study, root, report, patient)
         receive.close()
         async with send:
             try:
@@ -223,11 +256,12 @@ async def store_instances(request: Request) -> Response:
     if study is not None:
         study = parse_uid(study, "study")
     root = service.root_url(request)
-    report = _Report()
+    report = _Report(ownership=request.app.state.ownership)
     try:
         with tempfile.TemporaryDirectory(prefix="dicomweb-gateway-stow-") as workdir:
             parts = _parts(request, Path(workdir), settings.max_upload_bytes)
-            await _store_all(parts, service.upstream, study, root, report)
+            patient = request.scope.get(PATIENT_SCOPE_KEY)
+            await _store_all(parts, service.upstream, study, root, report, patient)
     finally:  # also when the body fails after some instances were stored
         _publish_stored(request, service.upstream, report)
 
@@ -240,6 +274,10 @@ async def store_instances(request: Request) -> Response:
     if not stored and report.upstream_errors and len(report.upstream_errors) == len(outcomes):
         raise report.upstream_errors[0]  # the PACS could not be reached at all: 502/503/504 as for any request
     studies = {s.retrieve_url.split("/series/")[0] for s in stored}
+    audit: AuditRecord | None = request.scope.get("gateway.audit")
+    if audit is not None:
+        audit.studies.update(url.rsplit("/", 1)[-1] for url in studies)
+        audit.patients.update(report.patients - {""})
     if study is not None:
         study_url: str | None = f"{root}/studies/{study}"
     else:

@@ -7,6 +7,7 @@ from typing import Any
 
 __all__ = [
     "CANNOT_UNDERSTAND",
+    "NOT_AUTHORIZED",
     "STUDY_INSTANCE_UID_MISMATCH",
     "Failed",
     "OtherFailure",
@@ -23,6 +24,15 @@ STUDY_INSTANCE_UID_MISMATCH = 0xC409
 PS3.18 (2024c, Table I.2-2) defines no code for this; it allows implementation-specific codes
 declared in the conformance statement. This one is in the Cxxx "cannot understand" range and is
 the code dcm4chee-arc answers for the same case, so clients that know one archive know this.
+"""
+
+NOT_AUTHORIZED = 0x0124
+"""For a patient-bound token, an instance of another patient, or one naming another patient's existing
+study: PS3.7 Annex C "Refused: Not Authorized".
+
+PS3.18 Table I.2-2 lists no code for it; 0124H is the general DIMSE status for an operation the
+requester is not authorized to invoke, so it is what the PACS itself would say. The instance is
+never sent to the PACS.
 """
 
 

@@ -108,11 +108,13 @@ def test_environment_alone_describes_a_gateway() -> None:
         "GATEWAY_UPSTREAMS__ARCHIVE__HOST": "archive.example",
         "GATEWAY_UPSTREAMS__ARCHIVE__PORT": "11112",
         "GATEWAY_LOG_FORMAT": "",  # empty: unset
+        "GATEWAY_AUTH__ALLOW_ANONYMOUS": "true",  # 0.0.0.0 without a token issuer: anonymous on purpose
         "PATH": "/usr/bin",
     }
     settings = load_settings(None, environ=environ)
     assert (settings.host, settings.port, settings.ae_title, settings.cache_ttl) == ("0.0.0.0", 9000, "1234", 12.5)
     assert settings.metrics is False and settings.log_format == "text"
+    assert settings.auth.allow_anonymous is True and not settings.auth.enabled
     assert settings.cors_origins == ("https://a.example", "https://b.example")
     default, archive = settings.upstreams
     assert (default.name, default.address, default.profile) == ("default", "PACS@10.0.0.5:104", "orthanc")

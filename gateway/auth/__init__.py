@@ -1,0 +1,1 @@
+"""Access control: OAuth2 / SMART bearer tokens, patient-bound access, CORS and the audit trail."""
