@@ -47,6 +47,7 @@ RetrieveMethod = Literal["get", "move"]
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE: no backslash, no control chars
 _SOP_CLASS = re.compile(r"^(?:[0-9.]{1,64}|[A-Za-z0-9]{1,80})$")
 _UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SOURCE_HOST = re.compile(r"^(?:\*|[A-Za-z0-9_.:-]{1,253}(?:/\d{1,3})?)$")  # host, IPv4/IPv6, CIDR, or *
 _UPSTREAM_ADDRESS = re.compile(r"^(?:(?P<name>[A-Za-z0-9_-]+)=)?(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
 
@@ -130,6 +131,12 @@ class UpstreamSettings:
 
     Raise it only for a PACS that takes parallel stores correctly (Orthanc does; dcmqrscp, whose
     forked processes share one index file, was measured losing index entries at 2)."""
+    move_source_hosts: tuple[str, ...] = ()
+    """Addresses (host names, IPs or CIDR networks; ``*``: any) a C-MOVE's instances may come from
+    besides ``host``, for a PACS that sends from another address than it listens on."""
+    max_waiting: int = 0
+    """Requests that may wait for an association of one of this upstream's pools; beyond it, 503 at
+    once. 0: eight per association of the pool (``max_associations``, ``max_store_associations``)."""
 
     def __post_init__(self) -> None:
         prefix = f"upstreams.{self.name}"
@@ -159,6 +166,11 @@ class UpstreamSettings:
         for sop_class in self.storage_sop_classes:
             if not _SOP_CLASS.match(sop_class):
                 raise ConfigError(f"{prefix}.storage_sop_classes: {sop_class!r} is not a UID or a SOP class keyword")
+        for source in self.move_source_hosts:
+            if not _SOURCE_HOST.match(source):
+                raise ConfigError(f"{prefix}.move_source_hosts: {source!r} is not a host name, an IP or a network")
+        if not 0 <= self.max_waiting <= 10_000:
+            raise ConfigError(f"{prefix}.max_waiting: {self.max_waiting} is not between 0 and 10000")
 
     @property
     def configured_capabilities(self) -> Capabilities:
@@ -258,6 +270,8 @@ def _upstream_from_table(name: str, table: Mapping[str, Any]) -> UpstreamSetting
     values = {key: value for key, value in table.items() if key in known}
     if "storage_sop_classes" in values:
         values["storage_sop_classes"] = tuple(values["storage_sop_classes"])
+    if "move_source_hosts" in values:
+        values["move_source_hosts"] = tuple(values["move_source_hosts"])
     try:
         return UpstreamSettings(name=name, capabilities=Capabilities(**capability_table), **values)
     except TypeError as exc:
