@@ -178,11 +178,16 @@ class Transfer:
 
         The cache may answer with the copy it already held (see
         :meth:`~gateway.retrieve.cache.InstanceCache.admit`); one that is outside :attr:`scope`
-        then is counted in :attr:`rejected` and skipped. Raises the operation's error, if any,
-        after the last instance.
+        then is counted in :attr:`rejected` and skipped, and an instance that came twice is
+        yielded once. Raises the operation's error, if any, after the last instance.
         """
+        yielded: set[str] = set()
         async for header in self._spool:
             entry = await anyio.to_thread.run_sync(self.cache.admit, header.path, header)
+            if entry.sop_instance_uid in yielded:
+                self.cache.release(entry)
+                logger.warning("%s: instance %s arrived twice; sent once", self.description, entry.sop_instance_uid)
+                continue
             if not self.scope.holds(entry):
                 self.cache.release(entry)
                 self.rejected += 1
@@ -194,4 +199,5 @@ class Transfer:
                     entry.study_uid,
                 )
                 continue
+            yielded.add(entry.sop_instance_uid)
             yield entry
