@@ -17,7 +17,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import __version__
+from gateway.concurrency import first_gateway_error
 from gateway.dimse import sockets, storage
+from gateway.dimse.pool import begin_request
 from gateway.errors import GatewayError, UpstreamError
 from gateway.routes.common import ServiceRoot
 from gateway.routes.frames import retrieve_frames
@@ -86,6 +88,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _json(exc.status_code, body, dict(exc.headers or {}))
 
 
+async def _exception_group(request: Request, exc: Exception) -> Response:
+    # A task group's failures come wrapped even when they are all the gateway's own errors.
+    assert isinstance(exc, ExceptionGroup)
+    error = first_gateway_error(exc)
+    if error is None:
+        return await _unexpected_error(request, exc)
+    return await _gateway_error(request, error)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     logger.exception("%s %s failed", request.method, request.url.path)
     return _json(500, {"status": 500, "title": "Internal error", "detail": f"{type(exc).__name__}: {exc}"})
@@ -94,6 +105,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 def _bind(endpoint: Endpoint, service: ServiceRoot) -> Endpoint:
     async def bound(request: Request) -> Response:
         request.scope["gateway.service"] = service
+        begin_request()  # overload control admits requests, not each of their DIMSE operations
         return await endpoint(request)
 
     bound.__name__ = endpoint.__name__
@@ -174,7 +186,12 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _unexpected_error},
+        exception_handlers={
+            GatewayError: _gateway_error,
+            HTTPException: _http_error,
+            ExceptionGroup: _exception_group,
+            Exception: _unexpected_error,
+        },
     )
     app.state.settings = settings
     app.state.upstreams = upstreams

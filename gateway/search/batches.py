@@ -8,6 +8,8 @@ from typing import TypeVar
 
 import anyio
 
+from gateway.concurrency import gateway_errors_unwrapped
+
 __all__ = ["map_ordered"]
 
 In = TypeVar("In")
@@ -21,6 +23,7 @@ async def map_ordered(
 
     Up to `concurrency` calls run at once. The calls run in batches so that no task group is
     open while this generator is suspended at a ``yield`` (a task group must not span a yield).
+    Calls that fail with gateway errors raise the first of them, not an exception group.
     """
     async with aclosing(source):  # type: ignore[type-var]
         iterator = aiter(source)
@@ -34,9 +37,10 @@ async def map_ordered(
                     exhausted = True
                     break
             results: list[Out] = [None] * len(batch)  # type: ignore[list-item]
-            async with anyio.create_task_group() as tasks:
-                for index, item in enumerate(batch):
-                    tasks.start_soon(_store, function, item, results, index)
+            with gateway_errors_unwrapped():
+                async with anyio.create_task_group() as tasks:
+                    for index, item in enumerate(batch):
+                        tasks.start_soon(_store, function, item, results, index)
             for result in results:
                 yield result
 
