@@ -7,8 +7,8 @@ timeout, an abort or a cancellation, because then the association's state is unk
 
 Never more than ``max_associations`` exist at once, counting those being opened. An acquire that
 waits longer than ``acquire_timeout`` raises :class:`~gateway.errors.PoolExhausted` (503). So
-does a client request's first acquire when ``max_waiting`` other requests' first acquires are
-already waiting, at once: under overload a client is better told to come back than kept waiting out the whole
+does a client request's first acquire when ``max_waiting`` acquires are already waiting, at
+once: under overload a client is better told to come back than kept waiting out the whole
 timeout. Later acquires of a request that got in (the C-FINDs a search fans out, the retrieve
 after a C-FIND) wait as usual, so work already begun is not thrown away; requests are told apart
 by :func:`begin_request`. Idle associations are checked before reuse and closed after
@@ -126,7 +126,6 @@ class AssociationPool:
         self._idle: list[PooledAssociation] = []
         self._in_use: set[PooledAssociation] = set()
         self._waiting = 0
-        self._arriving = 0  # the waiting acquires that are their request's first (see begin_request)
         self.max_waiting = settings.max_waiting or _WAITING_PER_ASSOCIATION * settings.max_associations
         self._turned_away = 0
         self._opened = 0
@@ -148,22 +147,19 @@ class AssociationPool:
         if self._closed:
             raise UpstreamUnavailable("the gateway is shutting down", upstream=self.settings.name)
         request = _request.get()
-        arriving = request is None or not request.admitted
-        if arriving and self._arriving >= self.max_waiting:
+        if self._waiting >= self.max_waiting and (request is None or not request.admitted):
             self._turned_away += 1
             raise PoolExhausted(
                 f"all {self.settings.max_associations} associations to {self.settings.address} are busy and "
-                f"{self._arriving} requests are waiting for one",
+                f"{self._waiting} requests are waiting for one",
                 upstream=self.settings.name,
             )
         self._waiting += 1
-        self._arriving += arriving
         try:
             with anyio.move_on_after(self.settings.acquire_timeout) as scope:
                 await self._slots.acquire()
         finally:
             self._waiting -= 1
-            self._arriving -= arriving
         if scope.cancelled_caught:
             raise PoolExhausted(
                 f"all {self.settings.max_associations} associations to {self.settings.address} stayed busy for "
