@@ -131,7 +131,13 @@ async def health(request: Request) -> Response:
     pools += [asdict(u.retrieval.retriever.pool.stats()) | {"kind": "retrieve"} for u in upstreams]
     pools += [asdict(u.store.pool.stats()) | {"kind": "store"} for u in upstreams]
     caches = {u.name: u.retrieval.cache.stats() for u in upstreams}
-    return _json(200, {"status": "ok", "version": __version__, "pools": pools, "caches": caches})
+    scp = upstreams.storage_server
+    refused = {
+        "storage_scp": scp.refusals.refused if scp is not None else 0,
+        "c_get": {u.name: u.retrieval.retriever.refusals.refused for u in upstreams},
+    }
+    body = {"status": "ok", "version": __version__, "pools": pools, "caches": caches, "refused_instances": refused}
+    return _json(200, body)
 
 
 async def ready(request: Request) -> Response:

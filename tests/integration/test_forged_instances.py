@@ -149,12 +149,14 @@ def retrieve_while_forging(client: DICOMwebClient, *forgers: Forger) -> None:
         assert forger.associations >= 1 and forger.statuses, forger.address
 
 
-def assert_cache_holds_the_real_content(client: DICOMwebClient, gateway: str) -> dict[str, int]:
+def assert_cache_holds_the_real_content(client: DICOMwebClient, gateway: str, *forgers: Forger) -> dict[str, int]:
     study_uid = str(REAL[0].StudyInstanceUID)
     for ds in (REAL[0], REAL[1], REAL[2], REAL[-1]):
         metadata = client.retrieve_instance_metadata(study_uid, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
         assert metadata["00100010"]["Value"][0]["Alphabetic"] == "Real^Patient"
     health = httpx.get(gateway.rsplit("/dicom-web", 1)[0] + "/health", timeout=10).json()
+    refused = sum(status != 0x0000 for forger in forgers for status in forger.statuses)
+    assert health["refused_instances"]["storage_scp"] >= refused > 0
     cache: dict[str, int] = health["caches"]["default"]
     assert cache["instances"] == INSTANCES
     return cache
@@ -171,7 +173,7 @@ def test_guessed_message_ids_get_nothing_in(gateway: str, caplog: pytest.LogCapt
     for forger in (same_host, elsewhere):
         assert set(forger.statuses) == {0x0124}, forger.address  # nothing forged was ever acknowledged
         assert f"from ORTHANC@{forger.address}: no C-MOVE in flight has message ID" in caplog.text
-    assert assert_cache_holds_the_real_content(client, gateway)["conflicts"] == 0
+    assert assert_cache_holds_the_real_content(client, gateway, same_host, elsewhere)["conflicts"] == 0
 
 
 def test_a_known_message_id_is_not_enough(
@@ -194,6 +196,6 @@ def test_a_known_message_id_is_not_enough(
     assert "from ORTHANC@127.0.0.2: 127.0.0.2 is not an address upstream default sends from" in caplog.text
     assert set(same_host.statuses) <= {0x0124, 0x0000} and 0x0124 in same_host.statuses
     assert "from ORTHANC@127.0.0.1: it is of study" in caplog.text
-    cache = assert_cache_holds_the_real_content(client, gateway)
+    cache = assert_cache_holds_the_real_content(client, gateway, same_host, elsewhere)
     if 0x0000 in same_host.statuses:  # a forged copy arrived while a move was in flight
         assert cache["conflicts"] >= 1 and "other content than the cached copy" in caplog.text
