@@ -6,7 +6,9 @@ from typing import Any
 
 import anyio
 import pytest
+from starlette.requests import Request
 
+from gateway.app import _exception_group
 from gateway.concurrency import first_gateway_error, gateway_errors_unwrapped
 from gateway.dimse.pool import AssociationPool, begin_request
 from gateway.errors import NotFound, PoolExhausted, UpstreamTimeout
@@ -119,3 +121,12 @@ def test_only_groups_of_gateway_errors_are_unwrapped() -> None:
         raise nested
     with pytest.raises(ExceptionGroup), gateway_errors_unwrapped():
         raise ExceptionGroup("mixed", [timeout, ValueError("bug")])
+
+
+async def test_an_exception_group_reaching_the_app_is_answered_as_its_gateway_error() -> None:
+    request = Request({"type": "http", "method": "GET", "path": "/dicom-web/series", "headers": []})
+    busy = ExceptionGroup("fan-out", [PoolExhausted("busy", upstream="main"), PoolExhausted("busy", upstream="main")])
+    response = await _exception_group(request, busy)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    bug = await _exception_group(request, ExceptionGroup("fan-out", [ValueError("bug")]))
+    assert bug.status_code == 500
