@@ -22,7 +22,9 @@ from gateway.auth.middleware import AuthMiddleware
 from gateway.auth.ownership import StudyOwnership
 from gateway.auth.smart import smart_routes
 from gateway.auth.tokens import Authenticator
+from gateway.concurrency import first_gateway_error
 from gateway.dimse import sockets, storage
+from gateway.dimse.pool import begin_request
 from gateway.errors import GatewayError, UpstreamError
 from gateway.fhir.publish.publisher import Publisher, PublisherFactory
 from gateway.logs import REQUEST_ID_HEADER, RequestIdMiddleware, current_upstream
@@ -95,6 +97,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _json(exc.status_code, body, dict(exc.headers or {}))
 
 
+async def _exception_group(request: Request, exc: Exception) -> Response:
+    # A task group's failures come wrapped even when they are all the gateway's own errors.
+    assert isinstance(exc, ExceptionGroup)
+    error = first_gateway_error(exc)
+    if error is None:
+        return await _unexpected_error(request, exc)
+    return await _gateway_error(request, error)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     # Starlette calls this outside the user middleware, where the request id is no longer current.
     request_id = request.scope.get("state", {}).get("request_id", "")
@@ -107,6 +118,7 @@ def _bind(endpoint: Endpoint, service: ServiceRoot) -> Endpoint:
     async def bound(request: Request) -> Response:
         request.scope["gateway.service"] = service
         current_upstream.set(service.upstream.name)  # for this request's log records
+        begin_request()  # overload control admits requests, not each of their DIMSE operations
         return await endpoint(request)
 
     bound.__name__ = endpoint.__name__
@@ -132,7 +144,12 @@ async def health(request: Request) -> Response:
     pools += [asdict(u.retrieval.retriever.pool.stats()) | {"kind": "retrieve"} for u in upstreams]
     pools += [asdict(u.store.pool.stats()) | {"kind": "store"} for u in upstreams]
     caches = {u.name: u.retrieval.cache.stats() for u in upstreams}
-    body = {"status": "ok", "version": __version__, "pools": pools, "caches": caches}
+    scp = upstreams.storage_server
+    refused = {
+        "storage_scp": scp.refusals.refused if scp is not None else 0,
+        "c_get": {u.name: u.retrieval.retriever.refusals.refused for u in upstreams},
+    }
+    body = {"status": "ok", "version": __version__, "pools": pools, "caches": caches, "refused_instances": refused}
     publisher: Publisher | None = request.app.state.publisher
     if publisher is not None:
         body["fhir_publish"] = publisher.stats()
@@ -226,7 +243,12 @@ def create_app(settings: Settings, *, publisher_factory: PublisherFactory | None
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={GatewayError: _gateway_error, HTTPException: _http_error, Exception: _unexpected_error},
+        exception_handlers={
+            GatewayError: _gateway_error,
+            HTTPException: _http_error,
+            ExceptionGroup: _exception_group,
+            Exception: _unexpected_error,
+        },
     )
     app.state.settings = settings
     app.state.upstreams = upstreams

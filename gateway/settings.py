@@ -79,6 +79,7 @@ _SOP_CLASS = re.compile(r"^(?:[0-9.]{1,64}|[A-Za-z0-9]{1,80})$")
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")  # what a certificate's subjectAltName can carry
 _UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _HTTP_URL = re.compile(r"^https?://[^/?#\s]+(?:/[^?#\s]*)?$")
+_SOURCE_HOST = re.compile(r"^(?:\*|[A-Za-z0-9_.:-]{1,253}(?:/\d{1,3})?)$")  # host, IPv4/IPv6, CIDR, or *
 _UPSTREAM_ADDRESS = re.compile(r"^(?:(?P<name>[A-Za-z0-9_-]+)=)?(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
 
@@ -298,6 +299,12 @@ class UpstreamSettings:
     """PEM private key (unencrypted) of `tls_cert`."""
     tls_server_name: str = ""
     """The name the PACS certificate must carry (DNS name or IP address); empty: `host`."""
+    move_source_hosts: tuple[str, ...] = ()
+    """Addresses (host names, IPs or CIDR networks; ``*``: any) a C-MOVE's instances may come from
+    besides ``host``, for a PACS that sends from another address than it listens on."""
+    max_waiting: int = 0
+    """Requests that may wait for an association of one of this upstream's pools; beyond it, 503 at
+    once. 0: eight per association of the pool (``max_associations``, ``max_store_associations``)."""
 
     def __post_init__(self) -> None:
         prefix = f"upstreams.{self.name}"
@@ -333,6 +340,11 @@ class UpstreamSettings:
             raise ConfigError(f"{prefix}.tls_server_name: {self.tls_server_name!r} is not a DNS name or IP address")
         tls_paths = {"tls_ca": self.tls_ca, "tls_cert": self.tls_cert, "tls_key": self.tls_key}
         _check_tls(prefix, "tls", self.tls, tls_paths, pair=("tls_cert", "tls_key"))
+        for source in self.move_source_hosts:
+            if not _SOURCE_HOST.match(source):
+                raise ConfigError(f"{prefix}.move_source_hosts: {source!r} is not a host name, an IP or a network")
+        if not 0 <= self.max_waiting <= 10_000:
+            raise ConfigError(f"{prefix}.max_waiting: {self.max_waiting} is not between 0 and 10000")
 
     @property
     def configured_capabilities(self) -> Capabilities:
@@ -569,6 +581,8 @@ def _upstream_from_table(name: str, table: Mapping[str, Any]) -> UpstreamSetting
     values = {key: value for key, value in table.items() if key in known}
     if "storage_sop_classes" in values:
         values["storage_sop_classes"] = tuple(values["storage_sop_classes"])
+    if "move_source_hosts" in values:
+        values["move_source_hosts"] = tuple(values["move_source_hosts"])
     try:
         return UpstreamSettings(name=name, capabilities=Capabilities(**capability_table), **values)
     except TypeError as exc:

@@ -46,7 +46,7 @@ class Upstreams:
         self._temporary_cache = not settings.cache_dir
         self.cache_dir = Path(settings.cache_dir or tempfile.mkdtemp(prefix="dicomweb-gateway-cache-"))
         moving = [u for u in settings.upstreams if u.retrieve == "move"]
-        self.router = MoveRouter(settings.ae_title) if moving else None
+        self.router = MoveRouter(settings.ae_title, moving) if moving else None
         self.storage_server = StorageServer(settings, self.router, moving) if self.router is not None else None
         share = settings.cache_max_bytes // len(settings.upstreams)
         self._by_name: dict[str, Upstream] = {}

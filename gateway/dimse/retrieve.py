@@ -26,10 +26,12 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from gateway.dimse.client import MOVE_MODEL, UpstreamClient, pause_reactor, upstream_ae
 from gateway.dimse.pool import AssociationPool, PooledAssociation
+from gateway.dimse.refusals import RefusalLog
 from gateway.dimse.sockets import SocketProfile
 from gateway.dimse.status import CANCEL, PENDING, SUCCESS, no_response_error
 from gateway.dimse.storage import storage_contexts, storage_roles, storage_sop_classes
@@ -84,6 +86,7 @@ class RetrieveClient:
         self._receiving_lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(settings.max_associations + 2)
         self.pool = AssociationPool(settings, self._open_association, self._limiter, kind="retrieve")
+        self.refusals = RefusalLog(logger)
         self._tasks: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> RetrieveClient:
@@ -119,7 +122,10 @@ class RetrieveClient:
             logger.warning("upstream %s: refused an instance outside any C-GET", self.name)
             event.dataset_path.unlink(missing_ok=True)
             return _STORE_REFUSED
-        return transfer.receive(event.dataset_path)
+        request = event.request
+        assert isinstance(request, C_STORE)
+        peer = f"{self.settings.ae_title}@{event.assoc.acceptor.address}"
+        return transfer.receive(event.dataset_path, str(request.AffectedSOPInstanceUID or ""), peer, self.refusals)
 
     async def _run_get(self, identifier: Dataset, transfer: Transfer) -> None:
         await self._run(identifier, transfer, self.pool, self._blocking_get, "C-GET")
@@ -182,7 +188,7 @@ class RetrieveClient:
         assoc = conn.assoc
         # The message ID must be unique among all moves in flight, whatever their association:
         # it is how the storage SCP tells whose instance has arrived.
-        msg_id = self._router.register(transfer)
+        msg_id = self._router.register(transfer, self.settings)
         try:
             pause_reactor(assoc)
             responses = assoc.send_c_move(identifier, self._ae_title, MOVE_MODEL, msg_id=msg_id)

@@ -9,7 +9,14 @@ associations that carry C-GET data use :attr:`SocketProfile.BULK`.
 
 pynetdicom creates its sockets in ``AssociationSocket``; :func:`install` swaps in a subclass that
 applies the profile of the :class:`TunedAE` that owns the association. Associations of any other
-AE keep pynetdicom's defaults.
+AE keep pynetdicom's defaults for those options.
+
+Every association, whatever its AE, also gets a bound on each network wait once connected:
+pynetdicom leaves a requested association's socket blocking without a timeout, so a PACS that
+keeps the connection open but stops reading blocks the reactor in ``socket.send`` for ever, and
+an abort (which waits for the reactor) with it. A send or a read that makes no progress for the
+association's ``dimse_timeout`` now closes the connection (:func:`stall_timeout`), and the
+operation ends as any unanswered one does.
 
 Over DICOM TLS (see :mod:`gateway.dimse.tls`) the same socket is an :class:`ssl.SSLSocket`. Two
 things then differ. A TLS record is decrypted whole: bytes of the next PDU may sit in the SSL
@@ -33,13 +40,28 @@ from typing import Any
 import pynetdicom._config
 import pynetdicom.ae
 import pynetdicom.transport
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
-__all__ = ["SocketProfile", "TlsSocket", "TunedAE", "install", "tls_failure"]
+__all__ = ["SocketProfile", "TlsSocket", "TunedAE", "install", "stall_timeout", "tls_failure"]
+
+logger = logging.getLogger(__name__)
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _REACTOR_WAIT = 0.005  # seconds a reactor waits in select before its housekeeping (timers, kill flag)
+_DEFAULT_STALL_TIMEOUT = 60.0
+
+
+def stall_timeout(assoc: Any) -> float:
+    """Seconds a send or read on `assoc`'s connection may make no progress: its DIMSE timeout.
+
+    A peer that reads nothing of a DIMSE message for that long will not answer it in time
+    either. Falls back on the network timeout, then on 60 s: never unbounded.
+    """
+    for value in (getattr(assoc, "dimse_timeout", None), getattr(assoc, "network_timeout", None)):
+        if value is not None and value > 0:
+            return float(value)
+    return _DEFAULT_STALL_TIMEOUT
 
 
 class SocketProfile(enum.Enum):
@@ -118,8 +140,10 @@ class _TunedAssociationSocket(AssociationSocket):
         self._waker: _Waker | None = None
         self.tls_error: OSError | None = None
         profile = self._profile()
-        if client_socket is not None and profile is not None:  # accepted: _create_socket is not called
-            client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if client_socket is not None:  # accepted: _create_socket and connect are not called
+            client_socket.settimeout(stall_timeout(assoc))
+            if profile is not None:
+                client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if profile is not None:
             self._wake_on_send(assoc.dul)
 
@@ -145,7 +169,7 @@ class _TunedAssociationSocket(AssociationSocket):
         dul._run_loop_delay = 0
 
     def connect(self, primitive: Any) -> None:
-        """Connect, and over TLS keep why the handshake failed.
+        """Connect, over TLS keep why the handshake failed, then bound every wait on the connection.
 
         pynetdicom wraps the socket inside ``connect`` and drops it on failure; wrapping it here
         first keeps hold of it. The handshake runs under the connection timeout, as the TCP
@@ -159,6 +183,9 @@ class _TunedAssociationSocket(AssociationSocket):
         super().connect(primitive)
         if isinstance(wrapped, TlsSocket) and wrapped.handshake_error is not None:
             self.tls_error = wrapped.handshake_error
+        # pynetdicom leaves the connected socket without a timeout: bound every later send and read.
+        if self.socket is not None and self._is_connected:
+            self.socket.settimeout(stall_timeout(self.assoc))
 
     @property
     def ready(self) -> bool:
@@ -177,6 +204,41 @@ class _TunedAssociationSocket(AssociationSocket):
         if waker.fileno in readable:
             waker.drain()
         return connection in readable
+
+    def send(self, bytestream: bytes) -> None:
+        """Send a PDU; a peer that takes none of it within :func:`stall_timeout` loses the connection.
+
+        As pynetdicom's own ``send``, a failure is reported to the state machine as Evt17
+        (transport connection closed), never raised; this one also says why in the log.
+        """
+        sock = self.socket
+        try:
+            if sock is None:
+                raise OSError("no socket")
+            view = memoryview(bytestream)
+            while view:
+                view = view[sock.send(view) :]
+        except TimeoutError:
+            peer = getattr(self.assoc, "acceptor" if self.assoc.is_requestor else "requestor", None)
+            logger.warning(
+                "association with %s: the peer read nothing for %g s; connection closed",
+                getattr(peer, "address", "?"),
+                stall_timeout(self.assoc),
+            )
+            self._abandon(sock)
+            return
+        except Exception:
+            self._abandon(sock)
+            return
+        evt.trigger(self.assoc, evt.EVT_DATA_SENT, {"data": bytestream})
+
+    def _abandon(self, sock: socket.socket | None) -> None:
+        # The connection is unusable: shut it down at once, so that the peer knows and nothing
+        # else of ours waits on it, then let the state machine see it closed (Evt17).
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.event_queue.put("Evt17")
 
     def _create_socket(self, address: AddressInformation) -> socket.socket:
         sock: socket.socket = super()._create_socket(address)

@@ -5,6 +5,11 @@ the C-GET association itself, or on the storage SCP's association for a C-MOVE),
 to the :class:`~gateway.retrieve.cache.InstanceCache` and queued for the HTTP side, which admits
 them into the cache and iterates them as they come. Memory holds only the queue of paths, never
 the instances.
+
+Every instance is checked as it is received, before the PACS gets its C-STORE response and
+before any consumer sees it: its header must be readable, name the SOP instance the C-STORE
+request names, and belong to what the retrieve asked for (:class:`Scope`). A PACS that sends
+something else, or a forger who got past the storage SCP's checks, gets a failure status.
 """
 
 from __future__ import annotations
@@ -12,21 +17,53 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio.to_thread
 from pydicom.dataset import Dataset
 
+from gateway.dimse.refusals import RefusalLog
 from gateway.dimse.spool import ResultSpool
-from gateway.part10 import NotDicom
+from gateway.part10 import InstanceHeader, NotDicom, read_instance_header
 from gateway.retrieve.cache import CachedInstance, InstanceCache
 
-__all__ = ["SubOperations", "Transfer"]
+__all__ = ["CANNOT_UNDERSTAND", "NOT_AUTHORIZED", "Scope", "SubOperations", "Transfer"]
 
 logger = logging.getLogger(__name__)
 
 _STORE_SUCCESS = 0x0000
+NOT_AUTHORIZED = 0x0124
+"""C-STORE failure "Refused: Not authorized" (PS3.7 C.5.x): an instance nobody asked for."""
+CANNOT_UNDERSTAND = 0xC000
+"""C-STORE failure "Cannot understand" (PS3.4 B.2.3): no readable header, or not the instance named."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a retrieve asked for: a study, a series of it, or one instance of that series."""
+
+    study: str
+    series: str | None = None
+    instance: str | None = None
+
+    def refusal(self, header: InstanceHeader) -> str | None:
+        """Why an instance with `header` is outside this scope, or None if it is inside."""
+        if header.study_instance_uid != self.study:
+            return f"it is of study {header.study_instance_uid}, not {self.study}"
+        if self.series is not None and header.series_instance_uid != self.series:
+            return f"it is of series {header.series_instance_uid}, not {self.series}"
+        if self.instance is not None and header.sop_instance_uid != self.instance:
+            return f"it is not instance {self.instance}"
+        return None
+
+    def holds(self, entry: CachedInstance) -> bool:
+        """True if a cached instance is inside this scope."""
+        return (
+            entry.study_uid == self.study
+            and self.series in (None, entry.series_uid)
+            and self.instance in (None, entry.sop_instance_uid)
+        )
 
 
 @dataclass
@@ -59,15 +96,21 @@ class Transfer:
         Where each received instance is kept.
     description : str
         What is retrieved, for log lines (``study 1.2.3``).
+    scope : Scope
+        What is retrieved: every received instance must belong to it.
     """
 
-    def __init__(self, cache: InstanceCache, description: str) -> None:
+    def __init__(self, cache: InstanceCache, description: str, scope: Scope) -> None:
         self.cache = cache
         self.description = description
+        self.scope = scope
         self.counts = SubOperations()
         self.final_status: int | None = None
         self.received = 0
         self.rejected = 0
+        """Instances received unreadable, or not the instance their C-STORE named: lost."""
+        self.refused = 0
+        """Instances received outside :attr:`scope`: not what was asked for, not lost."""
         self._spool = ResultSpool(memory_items=sys.maxsize)  # records are small: never spill
 
     @property
@@ -80,15 +123,44 @@ class Transfer:
         """True once the consumer has gone; the DIMSE side then sends C-CANCEL."""
         return self._spool.cancelled.is_set()
 
-    def receive(self, path: Path) -> int:
+    def receive(self, path: Path, affected_sop_instance: str, peer: str, refusals: RefusalLog) -> int:
         """Take one received Part 10 file (blocking; DIMSE thread); returns the C-STORE status.
 
-        Only moves the file into the cache's staging area: the PACS waits for this answer before
-        it sends the next instance, so reading the file's header is left to the consumer.
+        Reads the file's header (it stops after the UIDs, so this costs the same for any size)
+        and checks it against the C-STORE request and :attr:`scope`, then moves the file into the
+        cache's staging area. Anything refused is deleted, counted and logged through `refusals`
+        with the `peer` that sent it.
         """
+        try:
+            header = read_instance_header(path)
+        except NotDicom as exc:
+            path.unlink(missing_ok=True)
+            self.rejected += 1
+            refusals.refuse(peer, "%s: refused an unreadable instance from %s: %s", self.description, peer, exc)
+            return CANNOT_UNDERSTAND
+        if affected_sop_instance and header.sop_instance_uid != affected_sop_instance:
+            path.unlink(missing_ok=True)
+            self.rejected += 1
+            refusals.refuse(
+                peer,
+                "%s: refused instance %s from %s: its data set is instance %s",
+                self.description,
+                affected_sop_instance,
+                peer,
+                header.sop_instance_uid,
+            )
+            return CANNOT_UNDERSTAND
+        reason = self.scope.refusal(header)
+        if reason is not None:
+            path.unlink(missing_ok=True)
+            self.refused += 1
+            refusals.refuse(
+                peer, "%s: refused instance %s from %s: %s", self.description, header.sop_instance_uid, peer, reason
+            )
+            return NOT_AUTHORIZED
         staged = self.cache.stage(path)
         self.received += 1
-        if not self._spool.put(staged):
+        if not self._spool.put(replace(header, path=staged)):
             staged.unlink(missing_ok=True)
         return _STORE_SUCCESS
 
@@ -98,20 +170,34 @@ class Transfer:
 
     def cancel(self) -> None:
         """Stop: the consumer is gone. Instances received but not yet taken are deleted."""
-        for staged in self._spool.cancel():
-            staged.unlink(missing_ok=True)
+        for header in self._spool.cancel():
+            header.path.unlink(missing_ok=True)
 
     async def __aiter__(self) -> AsyncIterator[CachedInstance]:
         """Each instance as it arrives, pinned: the consumer releases it with ``cache.release``.
 
-        A received file that is not a DICOM instance is counted in :attr:`rejected` and skipped.
-        Raises the operation's error, if any, after the last instance.
+        The cache may answer with the copy it already held (see
+        :meth:`~gateway.retrieve.cache.InstanceCache.admit`); one that is outside :attr:`scope`
+        then is counted in :attr:`rejected` and skipped, and an instance that came twice is
+        yielded once. Raises the operation's error, if any, after the last instance.
         """
-        async for staged in self._spool:
-            try:
-                entry = await anyio.to_thread.run_sync(self.cache.admit, staged)
-            except NotDicom as exc:
-                self.rejected += 1
-                logger.warning("%s: received a file that is not a DICOM instance: %s", self.description, exc)
+        yielded: set[str] = set()
+        async for header in self._spool:
+            entry = await anyio.to_thread.run_sync(self.cache.admit, header.path, header)
+            if entry.sop_instance_uid in yielded:
+                self.cache.release(entry)
+                logger.warning("%s: instance %s arrived twice; sent once", self.description, entry.sop_instance_uid)
                 continue
+            if not self.scope.holds(entry):
+                self.cache.release(entry)
+                self.rejected += 1
+                logger.error(
+                    "%s: instance %s is cached as part of series %s of study %s; not served here",
+                    self.description,
+                    entry.sop_instance_uid,
+                    entry.series_uid,
+                    entry.study_uid,
+                )
+                continue
+            yielded.add(entry.sop_instance_uid)
             yield entry

@@ -10,6 +10,10 @@ then served from these files.
   may overshoot by what is in flight.
 - **Fresh:** a series counts as cached only if all of it was retrieved within ``ttl`` seconds and
   nothing has been stored into it since (:meth:`InstanceCache.forget`, called by STOW-RS).
+- **Consistent:** an instance arriving with the SOP Instance UID of a cached one but other
+  content (a PACS that changed it, or a forgery) never replaces it unnoticed: the cached copy
+  is kept and served, the arriving one deleted, logged as an error and counted (``conflicts``).
+  Only STOW-RS through the gateway (:meth:`InstanceCache.forget`) or eviction replaces it.
 - **Concurrent:** the pynetdicom threads that receive instances and the event loop that serves
   them share it through one lock; files are written elsewhere and moved in with an atomic rename,
   so a reader never sees half a file.
@@ -29,8 +33,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from gateway.part10 import NotDicom, read_instance_header
+from gateway.part10 import InstanceHeader, NotDicom, read_instance_header
 
 __all__ = ["CachedInstance", "InstanceCache"]
 
@@ -68,6 +73,8 @@ class _Counters:
     admitted: int = 0
     evicted: int = 0
     forgotten: int = 0
+    conflicts: int = 0
+    """Instances received with a cached SOP Instance UID but other content; the cached copy was kept."""
 
 
 @dataclass
@@ -108,23 +115,30 @@ class InstanceCache:
         _move(received, staged)
         return staged
 
-    def admit(self, received: Path) -> CachedInstance:
+    def admit(self, received: Path, header: InstanceHeader | None = None) -> CachedInstance:
         """Move a received (or staged) Part 10 file into the cache; returns it pinned.
 
-        Blocking: reads the file's header.
+        Blocking: reads the file's header unless `header` is given. When the cache already holds
+        the instance, the copies are compared (after their File Meta Information): the same
+        data set replaces the cached copy; another one is deleted and the cached copy returned
+        instead (see the module docstring).
 
         Raises
         ------
         NotDicom
             The file is not DICOM or lacks a study, series or instance UID. It is deleted.
         """
-        try:
-            header = read_instance_header(received)
-        except NotDicom:
-            received.unlink(missing_ok=True)
-            raise
+        if header is None:
+            try:
+                header = read_instance_header(received)
+            except NotDicom:
+                received.unlink(missing_ok=True)
+                raise
         study, series = header.study_instance_uid, header.series_instance_uid
         sop, sop_class, transfer_syntax = header.sop_instance_uid, header.sop_class_uid, header.transfer_syntax
+        kept = self._keep_cached(received, header)
+        if kept is not None:
+            return kept
         # A name of its own for every copy: a reader of an earlier copy keeps reading that one.
         path = self.directory / "instances" / f"{_file_name(sop)}-{next(self._copies)}.dcm"
         size = received.stat().st_size
@@ -139,6 +153,42 @@ class InstanceCache:
             doomed += self._evict()
         _delete(doomed)
         return entry
+
+    def _keep_cached(self, received: Path, header: InstanceHeader) -> CachedInstance | None:
+        """The cached copy of `header`'s instance, pinned, if it differs from `received` (then deleted)."""
+        with self._lock:
+            cached = self._entries.get(header.sop_instance_uid)
+            if cached is None:
+                return None
+            cached.pins += 1
+        same_syntax = cached.transfer_syntax == header.transfer_syntax
+        if same_syntax and _same_data_set(cached.path, received):
+            self.release(cached)
+            return None
+        received.unlink(missing_ok=True)
+        with self._lock:
+            if same_syntax:
+                self.counters.conflicts += 1
+            if cached.sop_instance_uid in self._entries:
+                self._entries.move_to_end(cached.sop_instance_uid)
+        if same_syntax:
+            logger.error(
+                "cache: received instance %s (series %s of study %s) with other content than the cached copy "
+                "(series %s of study %s); kept the cached copy, discarded the received one",
+                header.sop_instance_uid,
+                header.series_instance_uid,
+                header.study_instance_uid,
+                cached.series_uid,
+                cached.study_uid,
+            )
+        else:
+            logger.info(
+                "cache: received instance %s in %s, cached in %s; kept the cached copy",
+                header.sop_instance_uid,
+                header.transfer_syntax,
+                cached.transfer_syntax,
+            )
+        return cached
 
     def acquire(self, sop_instance_uid: str) -> CachedInstance | None:
         """The cached instance, pinned, or None. Give it back with :meth:`release`."""
@@ -251,6 +301,34 @@ def _move(source: Path, target: Path) -> None:
         staging = target.with_suffix(".partial")
         shutil.move(source, staging)
         os.replace(staging, target)
+
+
+def _data_set_offset(file: BinaryIO) -> int:
+    """Where the data set starts in a Part 10 file: after the preamble and File Meta Information.
+
+    PS3.10 7.1: a 128-byte preamble, ``DICM``, then group 0002 in explicit VR little endian,
+    led by its group length (0002,0000) UL. A file without them is compared from its start.
+    """
+    lead = file.read(144)
+    if len(lead) < 144 or lead[128:132] != b"DICM" or lead[132:138] != b"\x02\x00\x00\x00UL":
+        return 0
+    return 144 + int.from_bytes(lead[140:144], "little")
+
+
+def _same_data_set(first: Path, second: Path, chunk: int = 1 << 20) -> bool:
+    """True if two Part 10 files hold the same data set, byte for byte (their File Meta may differ)."""
+    try:
+        with first.open("rb") as a, second.open("rb") as b:
+            a.seek(_data_set_offset(a))
+            b.seek(_data_set_offset(b))
+            while True:
+                block = a.read(chunk)
+                if block != b.read(chunk):
+                    return False
+                if not block:
+                    return True
+    except OSError:
+        return False
 
 
 def _files(entry: CachedInstance) -> list[Path]:

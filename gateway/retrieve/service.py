@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from gateway.dimse.client import UpstreamClient
 from gateway.dimse.retrieve import RetrieveClient
 from gateway.dimse.status import SUCCESS, describe_status
-from gateway.dimse.transfer import Transfer
+from gateway.dimse.transfer import Scope, Transfer
 from gateway.errors import NotFound, UpstreamError, UpstreamFailureStatus
 from gateway.retrieve.cache import CachedInstance, InstanceCache
 
@@ -71,7 +71,7 @@ class RetrieveService:
 
     def start(self, target: Target) -> Transfer:
         """Start retrieving `target` from the PACS; iterate the transfer for its instances."""
-        transfer = Transfer(self.cache, str(target))
+        transfer = Transfer(self.cache, str(target), Scope(target.study, target.series, target.instance))
         self.retriever.start(target.identifier(), transfer)
         return transfer
 

@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import anyio
 
+from gateway.concurrency import gateway_errors_unwrapped
+
 __all__ = ["chunked", "gather"]
 
 In = TypeVar("In")
@@ -29,20 +31,13 @@ async def chunked(source: AsyncIterator[In], size: int) -> AsyncIterator[list[In
 async def gather(calls: Sequence[Callable[[], Coroutine[Any, Any, None]]]) -> None:
     """Run `calls` at once and wait for all of them.
 
-    When one fails the others are cancelled and its exception is raised as itself, not wrapped in
-    an exception group, so that a PACS failure keeps its meaning (a 502, a 504) for the caller.
+    When one fails the others are cancelled and a gateway error is raised as itself, not wrapped
+    in an exception group, so that a PACS failure keeps its meaning (a 502, a 504) for the caller.
     """
     if len(calls) == 1:
         await calls[0]()
         return
-    try:
+    with gateway_errors_unwrapped():
         async with anyio.create_task_group() as tasks:
             for call in calls:
                 tasks.start_soon(call)
-    except BaseExceptionGroup as group:
-        raise _first_leaf(group) from group
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

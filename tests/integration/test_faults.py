@@ -115,7 +115,9 @@ def test_busy_pool_is_a_503_with_retry_after() -> None:
 
 
 def test_pool_reuses_associations_and_never_exceeds_its_size() -> None:
-    with FakePacs(INSTANCES) as pacs, gateway(pacs, max_associations=2) as root:
+    # Sixteen fan-outs of up to four C-FINDs each may queue 64 acquires: let them all wait, this is
+    # about deadlocks, not overload (tests/integration/test_overload.py).
+    with FakePacs(INSTANCES) as pacs, gateway(pacs, max_associations=2, max_waiting=64) as root:
         for _ in range(10):
             assert httpx.get(f"{root}/studies/1.2.826.0.1.1/series", timeout=10).status_code == 200
         # Series counts are computed on a second association; one more is the C-GET association

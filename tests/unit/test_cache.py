@@ -100,11 +100,11 @@ def test_forget_drops_the_instance_its_metadata_and_its_series(cache: InstanceCa
     assert not entry.path.exists() and not entry.path.with_suffix(".json").exists() and entry.gone
 
 
-def test_a_newer_copy_replaces_the_instance_and_its_derived_files(cache: InstanceCache, tmp_path: Path) -> None:
+def test_a_new_copy_of_the_same_data_set_replaces_the_instance(cache: InstanceCache, tmp_path: Path) -> None:
     old = cache.admit(received(tmp_path, "1.2.3.1.1", size=100))
     cache.sidecar(old, ".json", lambda path: b"old metadata")
-    new = cache.admit(received(tmp_path, "1.2.3.1.1", size=200))
-    assert old.gone and not new.gone and cache.size == new.size
+    new = cache.admit(received(tmp_path, "1.2.3.1.1", size=100))
+    assert old.gone and not new.gone and cache.size == new.size and cache.counters.conflicts == 0
     assert cache.sidecar(new, ".json", lambda path: b"new metadata") == b"new metadata"
     # Whoever is reading the old copy keeps it until done with it.
     assert old.path.exists() and old.path != new.path
@@ -112,6 +112,20 @@ def test_a_newer_copy_replaces_the_instance_and_its_derived_files(cache: Instanc
     assert not old.path.exists() and not old.path.with_suffix(".json").exists()
     cache.release(new)
     assert cache.acquire("1.2.3.1.1") is new
+
+
+def test_a_copy_with_other_content_never_replaces_the_cached_one(
+    cache: InstanceCache, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cached = cache.admit(received(tmp_path, "1.2.3.1.1", size=100))
+    cache.release(cached)
+    forged = received(tmp_path, "1.2.3.1.1", series="6.6.6", size=100)
+    answered = cache.admit(forged)
+    assert answered is cached and answered.pins == 1 and not cached.gone and not forged.exists()
+    assert cache.counters.conflicts == 1 and cache.size == cached.size and len(cache) == 1
+    assert "other content than the cached copy" in caplog.text and "6.6.6" in caplog.text
+    cache.release(answered)
+    assert cache.acquire("1.2.3.1.1") is cached
 
 
 def test_forgetting_an_instance_being_read_deletes_it_after_the_reader(cache: InstanceCache, tmp_path: Path) -> None:
