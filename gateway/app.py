@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -87,8 +88,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.exception("%s %s failed", request.method, request.url.path)
-    return _json(500, {"status": 500, "title": "Internal error", "detail": f"{type(exc).__name__}: {exc}"})
+    # The body names no exception and no internals; the reference finds the traceback in the log.
+    reference = secrets.token_hex(8)
+    logger.exception("%s %s failed (reference %s)", request.method, request.url.path, reference)
+    detail = f"the gateway failed to answer this request; quote reference {reference} to its operator"
+    return _json(500, {"status": 500, "title": "Internal error", "detail": detail, "reference": reference})
 
 
 def _bind(endpoint: Endpoint, service: ServiceRoot) -> Endpoint:

@@ -53,6 +53,7 @@ from pydicom.uid import (
 )
 
 from gateway.errors import BadRequest, NotAcceptable
+from gateway.numbers import parse_integer
 from gateway.wado.accept import parse_accept
 from gateway.wado.pixels import StoredPixels
 
@@ -134,9 +135,10 @@ def parse_frame_numbers(text: str) -> list[int]:
     """
     numbers = []
     for item in text.split(","):
-        if not item.strip().isdecimal() or int(item) < 1:
+        number = parse_integer(item, "frame number")
+        if number < 1:
             raise BadRequest(f"frame number {item!r} is not a positive integer (frames are numbered from 1)")
-        numbers.append(int(item))
+        numbers.append(number)
     return numbers
 
 
