@@ -199,6 +199,12 @@ class Settings:
     """Size the instance cache is kept under (instances being streamed are never evicted)."""
     cache_ttl: float = 300.0
     """Seconds a cached series is served without asking the PACS again (metadata, frames, rendered)."""
+    max_frames_per_request: int = 1000
+    """Frames one frames request may list, pictures one rendered answer may have (400 above)."""
+    max_rendered_size: int = 4096
+    """Largest viewport width or height of a rendered or thumbnail picture, in pixels (400 above)."""
+    max_decoded_pixels: int = 256 * 1024 * 1024
+    """Pixel samples (rows x columns x samples per pixel, over all frames) one request may decode (400 above)."""
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -222,6 +228,8 @@ class Settings:
             raise ConfigError(f"gateway.max_upload_bytes: {self.max_upload_bytes} must be positive")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise ConfigError(f"gateway.log_level: {self.log_level!r} is not a log level")
+        if self.max_frames_per_request < 1 or self.max_rendered_size < 1 or self.max_decoded_pixels < 1:
+            raise ConfigError("gateway: max_frames_per_request, max_rendered_size, max_decoded_pixels must be positive")
 
     @property
     def default_upstream(self) -> UpstreamSettings:

@@ -55,6 +55,8 @@ class FakePacs:
     delay: float = 0.0
     """Seconds to wait before each pending answer (a slow PACS)."""
     port: int = 0
+    get_on_unique_key: bool = False
+    """C-GET matches the unique key of its level only, ignoring the parent UIDs (PS3.4 C.4.2.2.1 allows it)."""
 
     def __post_init__(self) -> None:
         self._ae = AE(ae_title=self.ae_title)
@@ -122,6 +124,8 @@ class FakePacs:
         identifier = event.identifier
         self.received.append(identifier)
         keys = [e for e in identifier if e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")]
+        if self.get_on_unique_key:
+            keys = [e for e in keys if e.keyword == _UNIQUE[identifier.QueryRetrieveLevel]]
         matches = [i for i in self.instances if all(_matches(e.keyword, e.value, i) for e in keys)]
         yield len(matches)
         for sent, instance in enumerate(matches):
