@@ -27,6 +27,7 @@ from gateway.routes.qido import search_for_instances, search_for_series, search_
 from gateway.routes.rendered import retrieve_rendered, retrieve_thumbnail
 from gateway.routes.stow import store_instances
 from gateway.routes.wado import retrieve_instances
+from gateway.serving.body import BodyTimeout
 from gateway.settings import Settings
 from gateway.upstreams import Upstreams
 
@@ -158,7 +159,9 @@ def create_app(settings: Settings) -> Starlette:
             yield
         logger.info("gateway stopped")
 
-    middleware = []
+    middleware = [
+        Middleware(BodyTimeout, timeout=settings.http_body_timeout, min_rate=settings.http_body_min_rate),
+    ]
     if settings.cors_origins:
         middleware.append(
             Middleware(

@@ -15,6 +15,7 @@ from pathlib import Path
 import uvicorn
 
 from gateway.app import create_app
+from gateway.serving.config import uvicorn_config
 from gateway.settings import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -29,17 +30,7 @@ def _configure_logging(level: str) -> None:
 
 
 def _run(settings: Settings) -> None:
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-        log_config=None,
-    )
-    uvicorn.Server(config).run()
+    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
 
 
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:

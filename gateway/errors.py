@@ -6,6 +6,7 @@ The tree::
     ├── BadRequest                     400  malformed query, UID, date, number ...
     ├── NotFound                       404
     ├── NotAcceptable                  406  no media type the client accepts
+    ├── RequestTimeout                 408  a request body that stopped coming (Connection: close)
     ├── PayloadTooLarge                413  a request body above max_upload_bytes
     ├── UnsupportedMediaType           415  a request body of a type the resource does not take
     └── UpstreamError                  502  the PACS misbehaved
@@ -26,6 +27,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PoolExhausted",
+    "RequestTimeout",
     "UpstreamError",
     "UpstreamFailureStatus",
     "UpstreamTimeout",
@@ -69,6 +71,19 @@ class NotAcceptable(GatewayError):
 
     status_code = 406
     title = "Not acceptable"
+
+
+class RequestTimeout(GatewayError):
+    """The client stopped sending its request body, or sent it too slowly (``http_body_timeout``).
+
+    The rest of the body will not be read, so the connection is closed after the answer.
+    """
+
+    status_code = 408
+    title = "Request timeout"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Connection": "close"})
 
 
 class PayloadTooLarge(GatewayError):

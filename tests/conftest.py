@@ -12,6 +12,7 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
+from gateway.serving.config import uvicorn_config
 from gateway.settings import Settings
 
 
@@ -26,7 +27,7 @@ def free_port() -> int:
 def live_gateway(settings: Settings) -> Iterator[str]:
     """Serve the gateway for `settings` with a real uvicorn; yields its DICOMweb root URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn_config(create_app(settings), settings, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
