@@ -96,8 +96,23 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     return _json(500, {"status": 500, "title": "Internal error", "detail": detail, "reference": reference})
 
 
-def _bind(endpoint: Endpoint, service: ServiceRoot) -> Endpoint:
+def _method_not_allowed(request: Request, allowed: str) -> Response:
+    """HEAD on a DICOMweb resource: 405, before any work.
+
+    Starlette answers HEAD on every GET route by running the GET and dropping its body: a C-GET or
+    C-MOVE of a whole study for nothing. Only the retrieve itself can tell its status (200, 206,
+    404, 502), so a cheaper HEAD could not promise the GET's; DICOMweb clients do not send HEAD,
+    and Orthanc's own DICOMweb does not answer it either (404).
+    """
+    detail = f"HEAD is not served on DICOMweb resources; use {allowed}"
+    logger.info("%s %s -> 405 %s", request.method, request.url.path, detail)
+    return _json(405, {"status": 405, "title": "Method not allowed", "detail": detail}, {"Allow": allowed})
+
+
+def _bind(endpoint: Endpoint, service: ServiceRoot, allowed: str) -> Endpoint:
     async def bound(request: Request) -> Response:
+        if request.method == "HEAD":
+            return _method_not_allowed(request, allowed)
         request.scope["gateway.service"] = service
         return await endpoint(request)
 
@@ -110,8 +125,12 @@ def _service_routes(settings: Settings, upstreams: Upstreams) -> list[BaseRoute]
     public = settings.public_url
     roots = [ServiceRoot(settings.base_path, upstreams.default, public)]
     roots += [ServiceRoot(f"{settings.base_path}/upstreams/{u.name}", u, public) for u in upstreams]
+    methods: dict[str, set[str]] = {}
+    for method, path, _ in _SERVICE_ROUTES:
+        methods.setdefault(path, set()).add(method)
+    allowed = {path: ", ".join(sorted(names)) for path, names in methods.items()}
     return [
-        Route(root.path + path, _bind(endpoint, root), methods=[method])
+        Route(root.path + path, _bind(endpoint, root, allowed[path]), methods=[method])
         for root in roots
         for method, path, endpoint in _SERVICE_ROUTES
     ]

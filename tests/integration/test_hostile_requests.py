@@ -177,3 +177,26 @@ def test_malformed_query_values_are_400s_that_never_reach_the_pacs(bounded: tupl
     response = httpx.get(f"{root}/studies?{query}", timeout=20)
     assert response.status_code == 400, response.text
     assert len(pacs.received) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/studies", "GET, POST"),
+        (f"/studies/{IMAGE.StudyInstanceUID}", "GET, POST"),
+        (INSTANCE_URL, "GET"),
+        (INSTANCE_URL + "/metadata", "GET"),
+        (INSTANCE_URL + "/frames/1", "GET"),
+        (INSTANCE_URL + "/rendered", "GET"),
+        (f"/studies/{IMAGE.StudyInstanceUID}/series", "GET"),
+    ],
+)
+def test_head_on_a_dicomweb_resource_is_a_405_that_costs_the_pacs_nothing(
+    bounded: tuple[FakePacs, str], path: str, allowed: str
+) -> None:
+    pacs, root = bounded
+    before, associations = len(pacs.received), pacs.associations
+    response = httpx.head(root + path, timeout=20)
+    assert response.status_code == 405 and response.headers["allow"] == allowed
+    assert (len(pacs.received), pacs.associations) == (before, associations)
+    assert httpx.head(root.rsplit("/", 1)[0] + "/health", timeout=20).status_code == 200
