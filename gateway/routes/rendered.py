@@ -45,15 +45,16 @@ def _check_viewport(limits: WorkLimits, options: RenderOptions) -> None:
         limits.check_viewport(options.viewport.width, options.viewport.height)
 
 
-def _first_frame_samples(entries: list[CachedInstance]) -> int:
-    """The samples rendering the first frame of each of `entries` decodes (none for a non-image)."""
-    total = 0
+def _images(entries: list[CachedInstance]) -> tuple[list[CachedInstance], int]:
+    """Those of `entries` that have pixel data, and the samples rendering the first frame of each decodes."""
+    images, samples = [], 0
     for entry in entries:
         try:
-            total += frame_geometry(entry.path)[1]
-        except BadRequest:  # no pixel data: it fails on its own when its turn comes
+            samples += frame_geometry(entry.path)[1]
+        except BadRequest:  # no pixel data (a report, a presentation state...): not a picture
             continue
-    return total
+        images.append(entry)
+    return images, samples
 
 
 async def retrieve_rendered(request: Request) -> Response:
@@ -71,13 +72,16 @@ async def retrieve_rendered(request: Request) -> Response:
     if target.instance is None:
         entries = await retrieval.instances(target)
         try:
-            limits.check_frames(len(entries))
-            limits.check_decoding(await anyio.to_thread.run_sync(_first_frame_samples, entries))
+            images, samples = await anyio.to_thread.run_sync(_images, entries)
+            if not images:
+                raise BadRequest(f"no instance of {target} has pixel data to render")
+            limits.check_frames(len(images))
+            limits.check_decoding(samples)
         except BaseException:
             for entry in entries:
                 retrieval.cache.release(entry)
             raise
-        pictures = [(entry, 1) for entry in entries]
+        pictures = [(entry, 1) for entry in images]
     else:
         entry = await retrieval.instance(target)
         entries = [entry]
