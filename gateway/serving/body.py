@@ -48,7 +48,16 @@ class BodyTimeout:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await self.app(scope, _PacedReceive(receive, self.timeout, self.min_rate), send)
+        paced = _PacedReceive(receive, self.timeout, self.min_rate)
+
+        async def send_and_note(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                # Answered: what receive() waits for now is a disconnect, or a body the answer did not
+                # need (the server drains that, for a while).
+                paced.answered = True
+            await send(message)
+
+        await self.app(scope, paced, send_and_note)
 
 
 class _PacedReceive:
@@ -59,6 +68,7 @@ class _PacedReceive:
         self._timeout = timeout
         self._min_rate = min_rate
         self._complete = False
+        self.answered = False
         self._waited = 0.0
         self._received = 0
 
@@ -69,7 +79,7 @@ class _PacedReceive:
         return max(0.0, min(self._timeout, budget))
 
     async def __call__(self) -> Message:
-        if self._complete:
+        if self._complete or self.answered:
             return dict(await self._receive())
         allowance = self._allowance()
         started = time.monotonic()
