@@ -174,3 +174,15 @@ def test_an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_served(root: 
         started = time.monotonic()
         assert read_until_closed(sock) == b""
         assert time.monotonic() - started >= 0.5  # closed by the keep-alive bound, not at once
+
+
+def test_pipelined_requests_and_a_body_on_a_kept_alive_connection_are_served(root: str) -> None:
+    health = b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    with_body = b"GET /health HTTP/1.1\r\nHost: gateway\r\nContent-Length: 5\r\n\r\nhello"
+    with connect(root) as sock:
+        sock.sendall(health + with_body + health)
+        received = b""
+        deadline = time.monotonic() + PATIENCE
+        while received.count(b"HTTP/1.1 200") < 3 and time.monotonic() < deadline:
+            received += sock.recv(65536)
+    assert received.count(b"HTTP/1.1 200") == 3
