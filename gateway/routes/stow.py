@@ -117,7 +117,8 @@ def _parts(request: Request, directory: Path, limit: int) -> AsyncIterator[Part]
     except MultipartError as exc:
         raise BadRequest(f"Content-Type: {exc}") from exc
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    # ASCII digits only: str.isdigit() takes "²", and int() refuses more than 4,300 digits.
+    if declared.isascii() and declared.isdigit() and (len(declared) > 19 or int(declared) > limit):
         raise PayloadTooLarge(f"Content-Length {declared} exceeds max_upload_bytes ({limit} bytes)")
     if media.type == _DICOM:
         return spill_body(_body_chunks(request, limit), _DICOM, directory)

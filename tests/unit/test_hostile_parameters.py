@@ -157,3 +157,20 @@ async def test_an_unexpected_failure_is_a_generic_500_whose_reference_is_in_the_
     assert "KeyError" not in response.text and "secret" not in response.text
     assert body["title"] == "Internal error" and body["reference"] in body["detail"]
     assert any(body["reference"] in record.getMessage() and record.exc_info for record in caplog.records)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("length", ["9" * 5000, "\u00b2", "99999999999999999999999"])
+async def test_a_content_length_no_server_would_pass_is_not_a_500(length: str) -> None:
+    import httpx
+
+    from gateway.app import create_app
+    from gateway.settings import load_settings
+
+    app = create_app(load_settings(None, upstream="PACS@127.0.0.1:9"))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    content_type = b'multipart/related; type="application/dicom"; boundary=X'
+    headers = {"Content-Type": content_type, "Content-Length": length.encode()}
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        response = await client.post("/dicom-web/studies", content=b"--X--", headers=headers)
+    assert response.status_code < 500, response.text
