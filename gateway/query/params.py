@@ -130,6 +130,7 @@ _DECIMAL_VRS = frozenset({"DS", "FL", "FD"})
 _RANGE_VRS = frozenset({"DA", "TM", "DT"})
 _TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
 _CONTROL_PARAMS = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
+_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
 def parse_uid(value: str, what: str) -> str:
@@ -153,6 +154,20 @@ def _resolve_attribute(name: str, parameter: str) -> tuple[int, str, str]:
         except KeyError:
             raise BadRequest(f"{parameter}: {name!r} is not a DICOM attribute keyword or tag") from None
     return tag_value, keyword, str(dictionary_VR(tag_value))
+
+
+def _include_tag(name: str) -> int:
+    """The tag an ``includefield`` item names; bulk data is refused.
+
+    A search does not return bulk data (PS3.18 §10.6.3.3 lists none), and a PACS may not answer a
+    C-FIND that asks for it at all: Orthanc, asked for PixelData, never answers.
+    """
+    tag_value, keyword, vr = _resolve_attribute(name, "includefield")
+    if set(vr.split(" or ")) & _BULK_VRS:
+        raise BadRequest(
+            f"includefield: {keyword} is bulk data (VR {vr}); WADO-RS metadata returns it, a search does not"
+        )
+    return tag_value
 
 
 def _valid_date(text: str) -> bool:
@@ -217,7 +232,8 @@ def _check_length(vr: str, value: str, parameter: str) -> None:
 def _parse_match(path: tuple[int, ...], keyword: str, vr: str, raw: str, parameter: str) -> MatchKey:
     _check_characters(vr, raw, parameter)
     if vr in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"):
-        raise BadRequest(f"{parameter}: {keyword} has VR {vr} and cannot be matched; use includefield to return it")
+        hint = "; use includefield to return it" if vr == "SQ" else ""
+        raise BadRequest(f"{parameter}: {keyword} has VR {vr} and cannot be matched{hint}")
     if keyword in GATEWAY_ATTRIBUTES:
         raise BadRequest(f"{parameter}: {keyword} is made by the gateway and cannot be matched")
     if raw == "":
@@ -318,7 +334,7 @@ def parse_qido_query(
                     if item == "all":
                         include_all = True
                     elif item:
-                        include_tags.append(_resolve_attribute(item, "includefield")[0])
+                        include_tags.append(_include_tag(item))
                     else:
                         raise BadRequest(f"includefield: empty item in {raw!r}")
             continue

@@ -174,3 +174,16 @@ async def test_a_content_length_no_server_would_pass_is_not_a_500(length: str) -
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
         response = await client.post("/dicom-web/studies", content=b"--X--", headers=headers)
     assert response.status_code < 500, response.text
+
+
+@pytest.mark.parametrize(
+    "name", ["PixelData", "7FE00010", "EncapsulatedDocument", "00420011", "RedPaletteColorLookupTableData"]
+)
+def test_includefield_of_bulk_data_is_a_bad_request(name: str) -> None:
+    with pytest.raises(BadRequest, match="bulk data"):
+        parse_qido_query(QueryLevel.IMAGE, [("includefield", f"PatientName,{name}")])
+
+
+def test_includefield_of_sequences_and_ambiguous_non_bulk_vrs_is_accepted() -> None:
+    query = parse_qido_query(QueryLevel.IMAGE, [("includefield", "SmallestImagePixelValue,ReferencedSeriesSequence")])
+    assert len(query.include_tags) == 2
