@@ -166,18 +166,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _reject(self, status: int, detail: str) -> None:
-        """Answer `status` with a JSON error body, and close the connection."""
+        """Answer `status` with a JSON error body, and close the connection.
+
+        While an earlier (pipelined) request's answer is still being sent, nothing can be written
+        in its midst: the connection is just closed.
+        """
         self._rejected = True
         self._cancel_timers()
         logger.info("%s: %d %s", self._peer(), status, detail)
-        body = orjson.dumps({"status": status, "title": _TITLES[status], "detail": detail})
-        head = [
-            STATUS_LINE[status],
-            b"content-type: application/json\r\n",
-            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
-            b"connection: close\r\n\r\n",
-        ]
-        self.transport.write(b"".join(head) + body)
+        if self.cycle is None or self.cycle.response_complete:
+            body = orjson.dumps({"status": status, "title": _TITLES[status], "detail": detail})
+            head = [
+                STATUS_LINE[status],
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"connection: close\r\n\r\n",
+            ]
+            self.transport.write(b"".join(head) + body)
         self.transport.close()
 
     def _peer(self) -> str:
