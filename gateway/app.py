@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict
@@ -37,6 +38,7 @@ from gateway.routes.qido import search_for_instances, search_for_series, search_
 from gateway.routes.rendered import retrieve_rendered, retrieve_thumbnail
 from gateway.routes.stow import store_instances
 from gateway.routes.wado import retrieve_instances
+from gateway.serving.body import BodyTimeout
 from gateway.settings import Settings, is_loopback
 from gateway.upstreams import Upstreams
 
@@ -107,15 +109,33 @@ async def _exception_group(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    # Starlette calls this outside the user middleware, where the request id is no longer current.
-    request_id = request.scope.get("state", {}).get("request_id", "")
-    logger.exception("%s %s failed (request %s)", request.method, request.url.path, request_id)
-    body = {"status": 500, "title": "Internal error", "detail": f"{type(exc).__name__}: {exc}"}
-    return _json(500, body, {REQUEST_ID_HEADER: request_id} if request_id else None)
+    # The body names no exception and no internals; the reference (the request id) finds the
+    # traceback in the log. Starlette calls this outside the user middleware, where the request id
+    # is no longer current.
+    reference = request.scope.get("state", {}).get("request_id", "") or secrets.token_hex(8)
+    logger.exception("%s %s failed (reference %s)", request.method, request.url.path, reference)
+    detail = f"the gateway failed to answer this request; quote reference {reference} to its operator"
+    body = {"status": 500, "title": "Internal error", "detail": detail, "reference": reference}
+    return _json(500, body, {REQUEST_ID_HEADER: reference})
 
 
-def _bind(endpoint: Endpoint, service: ServiceRoot) -> Endpoint:
+def _method_not_allowed(request: Request, allowed: str) -> Response:
+    """HEAD on a DICOMweb resource: 405, before any work.
+
+    Starlette answers HEAD on every GET route by running the GET and dropping its body: a C-GET or
+    C-MOVE of a whole study for nothing. Only the retrieve itself can tell its status (200, 206,
+    404, 502), so a cheaper HEAD could not promise the GET's; DICOMweb clients do not send HEAD,
+    and Orthanc's own DICOMweb does not answer it either (404).
+    """
+    detail = f"HEAD is not served on DICOMweb resources; use {allowed}"
+    logger.info("%s %s -> 405 %s", request.method, request.url.path, detail)
+    return _json(405, {"status": 405, "title": "Method not allowed", "detail": detail}, {"Allow": allowed})
+
+
+def _bind(endpoint: Endpoint, service: ServiceRoot, allowed: str) -> Endpoint:
     async def bound(request: Request) -> Response:
+        if request.method == "HEAD":
+            return _method_not_allowed(request, allowed)
         request.scope["gateway.service"] = service
         current_upstream.set(service.upstream.name)  # for this request's log records
         begin_request()  # overload control admits requests, not each of their DIMSE operations
@@ -130,10 +150,15 @@ def _service_routes(settings: Settings, upstreams: Upstreams) -> list[BaseRoute]
     public = settings.public_url
     roots = [ServiceRoot(settings.base_path, upstreams.default, public)]
     roots += [ServiceRoot(f"{settings.base_path}/upstreams/{u.name}", u, public) for u in upstreams]
+    routes = (("GET", "", describe_service), *_SERVICE_ROUTES)
+    methods: dict[str, set[str]] = {}
+    for method, path, _ in routes:
+        methods.setdefault(path, set()).add(method)
+    allowed = {path: ", ".join(sorted(names)) for path, names in methods.items()}
     return [
-        Route(root.path + path, _bind(endpoint, root), methods=[method])
+        Route(root.path + path, _bind(endpoint, root, allowed[path]), methods=[method])
         for root in roots
-        for method, path, endpoint in (("GET", "", describe_service), *_SERVICE_ROUTES)
+        for method, path, endpoint in routes
     ]
 
 
@@ -230,6 +255,7 @@ def create_app(settings: Settings, *, publisher_factory: PublisherFactory | None
             upstreams=upstreams,
         )
     )
+    middleware.append(Middleware(BodyTimeout, timeout=settings.http_body_timeout, min_rate=settings.http_body_min_rate))
     routes: list[BaseRoute] = [
         Route("/", describe_gateway, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),

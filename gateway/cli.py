@@ -31,6 +31,7 @@ from gateway.app import create_app
 from gateway.environment import CONFIG_VARIABLE, UPSTREAM_VARIABLE
 from gateway.fhir.publish.command import parse_date, publish_studies
 from gateway.logs import configure_logging
+from gateway.serving.config import uvicorn_config
 from gateway.settings import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -78,16 +79,7 @@ class _Server(uvicorn.Server):
 
 def _run(settings: Settings, banner: str = "") -> int:
     sock = _listen(settings.host, settings.port)  # before anything starts: a busy port is one line, no traceback
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-        log_config=None,
-    )
+    config = uvicorn_config(create_app(settings), settings)
     root = f"http://{settings.host}:{settings.port}{settings.base_path}"
     text = banner or f"dicomweb-gateway serving DICOMweb at {root} (/, /health, /metrics, /openapi.json)"
     server = _Server(config, lambda: print(text, flush=True))

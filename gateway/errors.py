@@ -8,6 +8,7 @@ The tree::
     ├── Forbidden                      403  a valid token without the right, or another patient's data
     ├── NotFound                       404
     ├── NotAcceptable                  406  no media type the client accepts
+    ├── RequestTimeout                 408  a request body that stopped coming (Connection: close)
     ├── PayloadTooLarge                413  a request body above max_upload_bytes
     ├── UnsupportedMediaType           415  a request body of a type the resource does not take
     ├── AuthorizationUnavailable       503  the token cannot be checked now (issuer keys, introspection)
@@ -32,6 +33,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PoolExhausted",
+    "RequestTimeout",
     "UpstreamError",
     "UpstreamFailureStatus",
     "UpstreamTimeout",
@@ -91,6 +93,19 @@ class NotAcceptable(GatewayError):
 
     status_code = 406
     title = "Not acceptable"
+
+
+class RequestTimeout(GatewayError):
+    """The client stopped sending its request body, or sent it too slowly (``http_body_timeout``).
+
+    The rest of the body will not be read, so the connection is closed after the answer.
+    """
+
+    status_code = 408
+    title = "Request timeout"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Connection": "close"})
 
 
 class PayloadTooLarge(GatewayError):

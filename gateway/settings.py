@@ -492,6 +492,24 @@ class Settings:
     resource_policy: str = "same-origin"
     """Cross-Origin-Resource-Policy of WADO-RS answers (same-origin, same-site or cross-origin)."""
     auth: AuthSettings = field(default_factory=AuthSettings)
+    max_frames_per_request: int = 1000
+    """Frames one frames request may list, pictures one rendered answer may have (400 above)."""
+    max_rendered_size: int = 4096
+    """Largest viewport width or height of a rendered or thumbnail picture, in pixels (400 above)."""
+    max_decoded_pixels: int = 256 * 1024 * 1024
+    """Pixel samples (rows x columns x samples per pixel, over all frames) one request may decode (400 above)."""
+    http_header_timeout: float = 10.0
+    """Seconds a request line and its headers may take to arrive (408, or the connection closed if none came)."""
+    http_keep_alive_timeout: int = 5
+    """Seconds an idle keep-alive connection is kept open."""
+    http_max_request_line: int = 8192
+    """Longest request target, in bytes (414 above)."""
+    http_max_header_bytes: int = 65536
+    """Longest request head: request line and header fields, in bytes (431 above)."""
+    http_body_timeout: float = 30.0
+    """Longest wait for the next piece of a request body being read (408); how long an unread one is drained."""
+    http_body_min_rate: int = 1024
+    """Bytes per second a request body must average while the gateway waits for it (408 below); 0: none."""
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -545,6 +563,15 @@ class Settings:
                 "(--auth-issuer URL --auth-audience AUD, or [auth] issuers and audience), or serve anonymously "
                 "on purpose (--allow-anonymous, or [auth] allow_anonymous = true)"
             )
+        for name in ("http_header_timeout", "http_keep_alive_timeout", "http_body_timeout"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ConfigError(f"gateway.{name}: {getattr(self, name)} is not between 0 and 3600 seconds")
+        if not 256 <= self.http_max_request_line <= self.http_max_header_bytes <= 1024 * 1024:
+            raise ConfigError("gateway: 256 <= http_max_request_line <= http_max_header_bytes <= 1048576")
+        if self.http_body_min_rate < 0:
+            raise ConfigError(f"gateway.http_body_min_rate: {self.http_body_min_rate} must not be negative")
+        if self.max_frames_per_request < 1 or self.max_rendered_size < 1 or self.max_decoded_pixels < 1:
+            raise ConfigError("gateway: max_frames_per_request, max_rendered_size, max_decoded_pixels must be positive")
 
     @property
     def default_upstream(self) -> UpstreamSettings:

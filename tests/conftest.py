@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
+from gateway.serving.config import uvicorn_config
 from gateway.settings import Settings
 
 
@@ -30,8 +31,9 @@ def live_gateway(settings: Settings, **app_options: Any) -> Iterator[str]:
     `app_options` go to :func:`gateway.app.create_app` (e.g. ``publisher_factory``).
     """
     port = free_port()
-    app = create_app(settings, **app_options)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn_config(
+        create_app(settings, **app_options), settings, host="127.0.0.1", port=port, log_level="warning"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

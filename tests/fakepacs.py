@@ -72,6 +72,8 @@ class FakePacs:
     at that level instead of its instances' values: stale aggregates."""
     finds: Counter[str] = field(default_factory=Counter)
     """C-FINDs received, by QueryRetrieveLevel."""
+    get_on_unique_key: bool = False
+    """C-GET matches the unique key of its level only, ignoring the parent UIDs (PS3.4 C.4.2.2.1 allows it)."""
 
     def __post_init__(self) -> None:
         self._ae = AE(ae_title=self.ae_title)
@@ -146,6 +148,8 @@ class FakePacs:
         with self._lock:
             self.gets += 1
         keys = [e for e in identifier if e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")]
+        if self.get_on_unique_key:
+            keys = [e for e in keys if e.keyword == _UNIQUE[identifier.QueryRetrieveLevel]]
         matches = [i for i in self.instances if all(_matches(e.keyword, e.value, i) for e in keys)]
         yield len(matches)
         for sent, instance in enumerate(matches):

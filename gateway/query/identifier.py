@@ -66,6 +66,8 @@ def build_identifier(level: QueryLevel, match_keys: Iterable[MatchKey], return_t
         _add_path(identifier, key)
     for tag_value in return_tags:
         if tag_value not in identifier:
-            vr = str(dictionary_VR(tag_value))
+            # An ambiguous VR ("OB or OW", "US or SS") cannot be encoded; any of them carries an
+            # empty return key.
+            vr = str(dictionary_VR(tag_value)).split(" or ")[0]
             identifier.add_new(tag_value, vr, [] if vr == "SQ" else None)
     return identifier

@@ -15,6 +15,7 @@ from enum import Enum
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 
 from gateway.errors import BadRequest
+from gateway.numbers import parse_integer
 from gateway.query.attributes import GATEWAY_ATTRIBUTES, QueryLevel, level_of, tag
 
 __all__ = ["MatchKey", "MatchType", "QidoQuery", "parse_qido_query", "parse_uid"]
@@ -81,21 +82,55 @@ class QidoQuery:
         return next((k for k in self.match_keys if k.keyword == keyword), None)
 
 
+# re.ASCII: "\d" would otherwise match any Unicode digit (Arabic-Indic, fullwidth...), which
+# the PACS then refuses; a number in a query is ASCII digits only.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
-_DATE = re.compile(r"^\d{8}$")
-_TIME = re.compile(r"^([01]\d|2[0-3])([0-5]\d([0-5]\d(\.\d{1,6})?)?)?$")
-_DATETIME = re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$")
-_INTEGER = re.compile(r"^[+-]?\d{1,12}$")
-_DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
-_AGE = re.compile(r"^\d{3}[DWMY]$")
-_FORBIDDEN = re.compile(r"[\\\x00-\x1f\x7f]")
+_DATE = re.compile(r"^\d{8}$", re.ASCII)
+_TIME = re.compile(r"^([01]\d|2[0-3])([0-5]\d([0-5]\d(\.\d{1,6})?)?)?$", re.ASCII)
+_DATETIME = re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$", re.ASCII)
+_INTEGER = re.compile(r"^[+-]?\d{1,12}$", re.ASCII)
+_DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
+_AGE = re.compile(r"^\d{3}[DWMY]$", re.ASCII)
+_FORBIDDEN = re.compile(r"[\\\x00-\x1f\x7f-\x9f]")
+_CODE_STRING = re.compile(r"^[A-Z0-9 _*?]*$")
+_DEFAULT_REPERTOIRE = re.compile(r"^[\x20-\x7e]*$")
+
+# PS3.5 Table 6.2-1: the longest value of each VR, in characters (PN: per component group).
+# DA, TM and DT are bounded by their formats, UI by parse_uid; UC, UR and UT have no bound but
+# the request line's.
+_MAX_LENGTH = {
+    "AE": 16,
+    "AS": 4,
+    "CS": 16,
+    "DS": 16,
+    "IS": 12,
+    "LO": 64,
+    "LT": 10240,
+    "PN": 64,
+    "SH": 16,
+    "ST": 1024,
+}
+# VRs whose values are in the default character repertoire only (PS3.5 §6.1.2): a non-ASCII
+# character in them is malformed; the others may carry UTF-8 (ISO_IR 192 in the identifier).
+_ASCII_ONLY_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"})
 
 _INTEGER_VRS = frozenset({"IS", "US", "UL", "SS", "SL", "SV", "UV"})
+# The values each integer VR can encode (PS3.5 Table 6.2-1); the identifier cannot carry others.
+_INTEGER_RANGES = {
+    "IS": (-(2**31), 2**31 - 1),
+    "US": (0, 2**16 - 1),
+    "SS": (-(2**15), 2**15 - 1),
+    "UL": (0, 2**32 - 1),
+    "SL": (-(2**31), 2**31 - 1),
+    "UV": (0, 2**64 - 1),
+    "SV": (-(2**63), 2**63 - 1),
+}
 _DECIMAL_VRS = frozenset({"DS", "FL", "FD"})
 _RANGE_VRS = frozenset({"DA", "TM", "DT"})
 _TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
 _CONTROL_PARAMS = frozenset({"limit", "offset", "includefield", "fuzzymatching"})
+_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
 def parse_uid(value: str, what: str) -> str:
@@ -119,6 +154,20 @@ def _resolve_attribute(name: str, parameter: str) -> tuple[int, str, str]:
         except KeyError:
             raise BadRequest(f"{parameter}: {name!r} is not a DICOM attribute keyword or tag") from None
     return tag_value, keyword, str(dictionary_VR(tag_value))
+
+
+def _include_tag(name: str) -> int:
+    """The tag an ``includefield`` item names; bulk data is refused.
+
+    A search does not return bulk data (PS3.18 §10.6.3.3 lists none), and a PACS may not answer a
+    C-FIND that asks for it at all: Orthanc, asked for PixelData, never answers.
+    """
+    tag_value, keyword, vr = _resolve_attribute(name, "includefield")
+    if set(vr.split(" or ")) & _BULK_VRS:
+        raise BadRequest(
+            f"includefield: {keyword} is bulk data (VR {vr}); WADO-RS metadata returns it, a search does not"
+        )
+    return tag_value
 
 
 def _valid_date(text: str) -> bool:
@@ -157,14 +206,37 @@ def _parse_temporal(vr: str, value: str, parameter: str) -> tuple[MatchType, tup
     return MatchType.RANGE, (value,)
 
 
+def _check_characters(vr: str, raw: str, parameter: str) -> None:
+    """Characters no value of `vr` may hold are a 400, before anything reaches the PACS."""
+    if "\ufffd" in raw:
+        # What a percent-encoded byte sequence that is not UTF-8 decodes to.
+        raise BadRequest(f"{parameter}: the value is not valid UTF-8 (U+FFFD, a replaced character)")
+    if _FORBIDDEN.search(raw):
+        raise BadRequest(f"{parameter}: backslashes and control characters are not allowed in a query value")
+    if vr in _ASCII_ONLY_VRS and not _DEFAULT_REPERTOIRE.match(raw):
+        raise BadRequest(f"{parameter}: a {vr} value holds ASCII characters only (PS3.5 §6.2)")
+    if vr == "CS" and not _CODE_STRING.match(raw.replace(",", "")):
+        raise BadRequest(f"{parameter}: a CS value is upper case letters, digits, space and '_' (PS3.5 §6.2)")
+
+
+def _check_length(vr: str, value: str, parameter: str) -> None:
+    longest = _MAX_LENGTH.get(vr)
+    if longest is None:
+        return
+    pieces = value.split("=") if vr == "PN" else [value]  # PN: alphabetic=ideographic=phonetic
+    if any(len(piece) > longest for piece in pieces):
+        unit = "characters per component group" if vr == "PN" else "characters"
+        raise BadRequest(f"{parameter}: a {vr} value is at most {longest} {unit} (PS3.5 Table 6.2-1)")
+
+
 def _parse_match(path: tuple[int, ...], keyword: str, vr: str, raw: str, parameter: str) -> MatchKey:
     if vr == "UI":
         # OHIF joins UIDs with the DICOM value separator, a backslash, where QIDO-RS lists use a comma.
         raw = raw.replace("\\", ",")
-    if _FORBIDDEN.search(raw):
-        raise BadRequest(f"{parameter}: backslashes and control characters are not allowed in a query value")
+    _check_characters(vr, raw, parameter)
     if vr in ("SQ", "OB", "OW", "OF", "OD", "OL", "OV", "UN"):
-        raise BadRequest(f"{parameter}: {keyword} has VR {vr} and cannot be matched; use includefield to return it")
+        hint = "; use includefield to return it" if vr == "SQ" else ""
+        raise BadRequest(f"{parameter}: {keyword} has VR {vr} and cannot be matched{hint}")
     if keyword in GATEWAY_ATTRIBUTES:
         raise BadRequest(f"{parameter}: {keyword} is made by the gateway and cannot be matched")
     if raw == "":
@@ -181,6 +253,8 @@ def _parse_match(path: tuple[int, ...], keyword: str, vr: str, raw: str, paramet
     values = tuple(raw.split(","))
     if any(v == "" for v in values):
         raise BadRequest(f"{parameter}: empty item in the list {raw!r}")
+    for value in values:
+        _check_length(vr, value, parameter)
     if vr == "UI":
         for value in values:
             parse_uid(value, parameter)
@@ -189,6 +263,9 @@ def _parse_match(path: tuple[int, ...], keyword: str, vr: str, raw: str, paramet
         for value in values:
             if not pattern.match(value):
                 raise BadRequest(f"{parameter}: {value!r} is not a valid {vr} number")
+            low, high = _INTEGER_RANGES.get(vr, (None, None))
+            if low is not None and high is not None and not low <= int(value) <= high:
+                raise BadRequest(f"{parameter}: {value} is outside the range of {vr} ({low} to {high})")
     elif vr == "AS":
         for value in values:
             if not _AGE.match(value):
@@ -207,9 +284,7 @@ def _parse_match(path: tuple[int, ...], keyword: str, vr: str, raw: str, paramet
 
 
 def _non_negative(name: str, raw: str) -> int:
-    if not re.fullmatch(r"\d{1,9}", raw):
-        raise BadRequest(f"{name}: {raw!r} is not a non-negative integer")
-    return int(raw)
+    return parse_integer(raw, name)
 
 
 def parse_qido_query(
@@ -262,7 +337,7 @@ def parse_qido_query(
                     if item == "all":
                         include_all = True
                     elif item:
-                        include_tags.append(_resolve_attribute(item, "includefield")[0])
+                        include_tags.append(_include_tag(item))
                     else:
                         raise BadRequest(f"includefield: empty item in {raw!r}")
             continue

@@ -54,6 +54,14 @@ class Target:
             ds.SOPInstanceUID = self.instance
         return ds
 
+    def names(self, entry: CachedInstance) -> bool:
+        """True when `entry` is what this target names: of its study, and of its series and instance if given."""
+        return (
+            entry.study_uid == self.study
+            and (self.series is None or entry.series_uid == self.series)
+            and (self.instance is None or entry.sop_instance_uid == self.instance)
+        )
+
     def __str__(self) -> str:
         if self.instance:
             return f"instance {self.instance} of series {self.series}"
@@ -74,6 +82,27 @@ class RetrieveService:
         transfer = Transfer(self.cache, str(target), Scope(target.study, target.series, target.instance))
         self.retriever.start(target.identifier(), transfer)
         return transfer
+
+    async def matching(self, target: Target, transfer: Transfer) -> AsyncIterator[CachedInstance]:
+        """The instances of `transfer` that `target` names; the others are released, and logged.
+
+        A PACS may match a C-GET or C-MOVE on the unique key of its level alone (PS3.4 C.4.2.2.1
+        lets it ignore the parent UIDs), so ``/studies/{another study}/series/{S}`` would bring
+        series S. What the URL names is answered, as Orthanc's own DICOMweb does: nothing of
+        another study or series.
+        """
+        async for entry in transfer:
+            if target.names(entry):
+                yield entry
+                continue
+            logger.info(
+                "%s: the PACS sent instance %s of series %s of study %s; not part of the answer",
+                target,
+                entry.sop_instance_uid,
+                entry.series_uid,
+                entry.study_uid,
+            )
+            self.cache.release(entry)
 
     @asynccontextmanager
     async def stream(self, target: Target) -> AsyncIterator[Transfer]:
@@ -162,7 +191,7 @@ class RetrieveService:
         received: list[CachedInstance] = []
         try:
             async with self.stream(target) as transfer:
-                async for entry in transfer:
+                async for entry in self.matching(target, transfer):
                     received.append(entry)
         except BaseException:
             for entry in received:
@@ -207,8 +236,8 @@ class RetrieveService:
         try:
             async with self.stream(target) as transfer:
                 # Read to the final response: leaving early would cancel, and cost the association.
-                async for received in transfer:
-                    if wanted is None and received.sop_instance_uid == target.instance:
+                async for received in self.matching(target, transfer):
+                    if wanted is None:
                         wanted = received
                     else:
                         self.cache.release(received)

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from gateway.errors import NotAcceptable
+from gateway.settings import Settings
 from gateway.upstreams import Upstream
+from gateway.wado.limits import WorkLimits
 
-__all__ = ["DICOM_JSON", "NotAcceptable", "ServiceRoot", "require_json_accept"]
+__all__ = ["DICOM_JSON", "NotAcceptable", "ServiceRoot", "require_json_accept", "work_limits"]
 
 DICOM_JSON = "application/dicom+json"
 _JSON_TYPES = frozenset({DICOM_JSON, "application/json", "*/*", "application/*"})
@@ -59,3 +61,9 @@ def require_json_accept(request: Request) -> None:
         if media_type in _JSON_TYPES and quality not in ("0", "0.0", "0.00", "0.000"):
             return
     raise NotAcceptable(f"cannot answer in {accept!r}; this resource is served as {DICOM_JSON}")
+
+
+def work_limits(request: Request) -> WorkLimits:
+    """The bounds of one WADO-RS request's work, from the gateway's settings."""
+    settings: Settings = request.app.state.settings
+    return WorkLimits(settings.max_frames_per_request, settings.max_rendered_size, settings.max_decoded_pixels)

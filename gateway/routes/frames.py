@@ -15,10 +15,11 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.retrieve.cache import CachedInstance, InstanceCache
 from gateway.retrieve.multipart import MultipartWriter
-from gateway.routes.common import ServiceRoot
+from gateway.routes.common import ServiceRoot, work_limits
 from gateway.routes.metadata import instance_url
 from gateway.routes.wado import parse_target
-from gateway.wado.frames import negotiate_frame_encoding, parse_frame_numbers, read_frames
+from gateway.wado.accept import parse_accept
+from gateway.wado.frames import decodes, frame_geometry, negotiate_frame_encoding, parse_frame_numbers, read_frames
 
 __all__ = ["retrieve_frames"]
 
@@ -26,12 +27,19 @@ __all__ = ["retrieve_frames"]
 async def retrieve_frames(request: Request) -> Response:
     """``GET .../instances/{instance}/frames/{frames}``."""
     numbers = parse_frame_numbers(request.path_params["frames"])
+    parse_accept(request.headers.get("accept"))  # a malformed Accept is a 400 before anything is retrieved
+    limits = work_limits(request)
+    limits.check_frames(len(numbers))
     target = parse_target(request)
     service: ServiceRoot = request.scope["gateway.service"]
     retrieval = service.upstream.retrieval
     entry = await retrieval.instance(target)
     try:
-        encoding = negotiate_frame_encoding(request.headers.get("accept"), UID(entry.transfer_syntax))
+        stored = UID(entry.transfer_syntax)
+        encoding = negotiate_frame_encoding(request.headers.get("accept"), stored)
+        if decodes(encoding, stored):
+            _, samples = await anyio.to_thread.run_sync(frame_geometry, entry.path)
+            limits.check_decoding(samples * len(numbers))
         frames = await anyio.to_thread.run_sync(read_frames, entry.path, numbers, encoding)
     except BaseException:
         retrieval.cache.release(entry)

@@ -17,13 +17,14 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway.errors import NotFound
+from gateway.errors import BadRequest, NotFound
 from gateway.retrieve.cache import CachedInstance
 from gateway.retrieve.multipart import MultipartWriter
 from gateway.retrieve.service import RetrieveService, Target
-from gateway.routes.common import ServiceRoot
+from gateway.routes.common import ServiceRoot, work_limits
 from gateway.routes.wado import parse_target
-from gateway.wado.frames import frame_count, parse_frame_numbers
+from gateway.wado.frames import frame_geometry, parse_frame_numbers
+from gateway.wado.limits import WorkLimits
 from gateway.wado.render import THUMBNAIL_SIZE, RenderOptions, Viewport, parse_render_options, render_frame
 
 __all__ = ["retrieve_rendered", "retrieve_thumbnail"]
@@ -39,24 +40,56 @@ def _headers(request: Request, options: RenderOptions) -> dict[str, str]:
     return {"Warning": ", ".join(warnings)} if warnings else {}
 
 
+def _check_viewport(limits: WorkLimits, options: RenderOptions) -> None:
+    if options.viewport is not None:
+        limits.check_viewport(options.viewport.width, options.viewport.height)
+
+
+def _images(entries: list[CachedInstance]) -> tuple[list[CachedInstance], int]:
+    """Those of `entries` that have pixel data, and the samples rendering the first frame of each decodes."""
+    images, samples = [], 0
+    for entry in entries:
+        try:
+            samples += frame_geometry(entry.path)[1]
+        except BadRequest:  # no pixel data (a report, a presentation state...): not a picture
+            continue
+        images.append(entry)
+    return images, samples
+
+
 async def retrieve_rendered(request: Request) -> Response:
     """``GET .../rendered`` at study, series, instance and frame level."""
     options = _options(request)
+    limits = work_limits(request)
+    _check_viewport(limits, options)
     target = parse_target(request)
+    listed = parse_frame_numbers(request.path_params["frames"]) if "frames" in request.path_params else None
+    if listed is not None:
+        limits.check_frames(len(listed))
     service: ServiceRoot = request.scope["gateway.service"]
     retrieval = service.upstream.retrieval
     headers = _headers(request, options)
     if target.instance is None:
         entries = await retrieval.instances(target)
-        pictures = [(entry, 1) for entry in entries]
+        try:
+            images, samples = await anyio.to_thread.run_sync(_images, entries)
+            if not images:
+                raise BadRequest(f"no instance of {target} has pixel data to render")
+            limits.check_frames(len(images))
+            limits.check_decoding(samples)
+        except BaseException:
+            for entry in entries:
+                retrieval.cache.release(entry)
+            raise
+        pictures = [(entry, 1) for entry in images]
     else:
         entry = await retrieval.instance(target)
         entries = [entry]
         try:
-            if "frames" in request.path_params:
-                numbers = parse_frame_numbers(request.path_params["frames"])
-            else:
-                numbers = list(range(1, await anyio.to_thread.run_sync(frame_count, entry.path) + 1))
+            count, samples = await anyio.to_thread.run_sync(frame_geometry, entry.path)
+            numbers = listed if listed is not None else list(range(1, count + 1))
+            limits.check_frames(len(numbers))
+            limits.check_decoding(samples * len(numbers))
         except BaseException:
             retrieval.cache.release(entry)
             raise
@@ -92,17 +125,18 @@ async def _pictures(
 async def retrieve_thumbnail(request: Request) -> Response:
     """``GET .../thumbnail`` at study, series, instance and frame level: one small picture."""
     options = _options(request)
+    limits = work_limits(request)
+    _check_viewport(limits, options)
     options = replace(options, viewport=options.viewport or Viewport(THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     target = parse_target(request)
+    listed = parse_frame_numbers(request.path_params["frames"]) if "frames" in request.path_params else None
     service: ServiceRoot = request.scope["gateway.service"]
     retrieval = service.upstream.retrieval
     entry = await retrieval.instance(await _representative(retrieval, target))
     try:
-        if "frames" in request.path_params:
-            numbers = parse_frame_numbers(request.path_params["frames"])
-            number = numbers[0]
-        else:
-            number = (await anyio.to_thread.run_sync(frame_count, entry.path) + 1) // 2
+        count, samples = await anyio.to_thread.run_sync(frame_geometry, entry.path)
+        limits.check_decoding(samples)
+        number = listed[0] if listed is not None else (count + 1) // 2
         image = await anyio.to_thread.run_sync(render_frame, entry.path, number, options)
     finally:
         retrieval.cache.release(entry)

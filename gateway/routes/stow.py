@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from logging import ERROR, WARNING
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.auth.audit import AuditRecord
@@ -47,6 +49,7 @@ from gateway.stow.response import (
     store_response,
     store_status,
 )
+from gateway.stow.structure import MalformedDataset, check_structure
 from gateway.upstreams import Upstream
 
 __all__ = ["store_instances"]
@@ -54,7 +57,40 @@ __all__ = ["store_instances"]
 logger = logging.getLogger(__name__)
 
 _DICOM = "application/dicom"
+_CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request its client abandoned
 _OUT_OF_RESOURCES = 0xA700
+
+
+_PART_LINES = 20
+"""Log lines about single parts one request writes; past them, parts are counted and summarised."""
+_UIDS_LOGGED = 100
+"""SOP Instance UIDs one log line names at most (the rest are counted)."""
+
+
+@dataclass
+class _PartLog:
+    """Log lines about single parts of one upload: the first :data:`_PART_LINES` written, the rest summarised.
+
+    A 10,000-part upload of non-DICOM parts would otherwise write 10,000 lines.
+    """
+
+    written: int = 0
+    unwritten: Counter[str] = field(default_factory=Counter)
+
+    def log(self, level: int, kind: str, message: str, *args: object) -> None:
+        """Write `message` (a part's `kind` of outcome), or count it once the budget is spent."""
+        if self.written < _PART_LINES:
+            self.written += 1
+            logger.log(level, message, *args)
+        else:
+            self.unwritten[kind] += 1
+
+    def summary(self) -> str | None:
+        """``"412 more parts not logged: 400 not DICOM, 12 refused by the PACS"``, or None."""
+        if not self.unwritten:
+            return None
+        counts = ", ".join(f"{count} {kind}" for kind, count in self.unwritten.most_common())
+        return f"{self.unwritten.total()} more parts not logged one by one: {counts}"
 
 
 @dataclass
@@ -72,6 +108,11 @@ class _Report:
     """Tells whose study an instance names, for a patient-bound token."""
     admitting_studies: dict[str, bool] = field(default_factory=dict)
     """Per study of this request: may the patient-bound token add to it."""
+    log: _PartLog = field(default_factory=_PartLog)
+
+    def stored(self) -> list[Stored]:
+        """The instances stored so far, in body order."""
+        return [o for _, o in sorted(self.outcomes.items()) if isinstance(o, Stored)]
 
 
 def _body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
@@ -93,7 +134,8 @@ def _parts(request: Request, directory: Path, limit: int) -> AsyncIterator[Part]
     except MultipartError as exc:
         raise BadRequest(f"Content-Type: {exc}") from exc
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    # ASCII digits only: str.isdigit() takes "²", and int() refuses more than 4,300 digits.
+    if declared.isascii() and declared.isdigit() and (len(declared) > 19 or int(declared) > limit):
         raise PayloadTooLarge(f"Content-Length {declared} exceeds max_upload_bytes ({limit} bytes)")
     if media.type == _DICOM:
         return spill_body(_body_chunks(request, limit), _DICOM, directory)
@@ -126,18 +168,20 @@ async def _store_part(
 ) -> None:
     where = f"STOW-RS part {part.index + 1}"
     if part.headers.get("content-type") and part.content_type.type != _DICOM:
-        logger.warning("%s is %s, not %s: not stored", where, part.content_type.type, _DICOM)
+        report.log.log(WARNING, "not DICOM", "%s is %s, not %s: not stored", where, part.content_type.type, _DICOM)
         report.outcomes[part.index] = OtherFailure(CANNOT_UNDERSTAND)
         return
     try:
         header = await anyio.to_thread.run_sync(read_upload_header, part.path)
     except NotDicom as exc:
-        logger.warning("%s (%d bytes) is not stored: %s", where, part.size, exc)
+        report.log.log(WARNING, "not DICOM", "%s (%d bytes) is not stored: %s", where, part.size, exc)
         report.outcomes[part.index] = OtherFailure(CANNOT_UNDERSTAND)
         return
     sop_class, sop_instance = str(header.sop_class_uid), str(header.sop_instance_uid)
     if study is not None and header.study_instance_uid != study:
-        logger.warning(
+        report.log.log(
+            WARNING,
+            "of another study",
             "%s: instance %s belongs to study %s, not the target study %s: not stored",
             where,
             sop_instance,
@@ -151,15 +195,24 @@ async def _store_part(
         report.outcomes[part.index] = Failed(sop_class, sop_instance, NOT_AUTHORIZED)
         return
     try:
+        await anyio.to_thread.run_sync(check_structure, part.path, header.transfer_syntax)
+    except MalformedDataset as exc:
+        # Sent, it would cost a dimse_timeout: some PACS never answer what they cannot parse.
+        report.log.log(WARNING, "malformed", "%s: instance %s is malformed, not sent: %s", where, sop_instance, exc)
+        report.outcomes[part.index] = Failed(sop_class, sop_instance, CANNOT_UNDERSTAND)
+        return
+    try:
         result = await upstream.store.store(part.path, header.sop_class_uid, header.transfer_syntax)
     except UpstreamError as exc:
-        logger.error("%s: instance %s not stored: %s", where, sop_instance, exc.detail)
+        report.log.log(ERROR, "not stored", "%s: instance %s not stored: %s", where, sop_instance, exc.detail)
         report.upstream_errors.append(exc)
         reason = _OUT_OF_RESOURCES if isinstance(exc, PoolExhausted) else PROCESSING_FAILURE
         report.outcomes[part.index] = Failed(sop_class, sop_instance, reason)
         return
     if not result.stored:
-        logger.error(
+        report.log.log(
+            ERROR,
+            "refused by the PACS",
             "%s: upstream %s did not store instance %s: 0x%04X %s",
             where,
             upstream.name,
@@ -170,7 +223,9 @@ async def _store_part(
         report.outcomes[part.index] = Failed(sop_class, sop_instance, result.status)
         return
     if result.warning:
-        logger.warning(
+        report.log.log(
+            WARNING,
+            "stored with a warning",
             "%s: upstream %s stored instance %s with warning 0x%04X (%s)",
             where,
             upstream.name,
@@ -233,9 +288,10 @@ async def _store_all(
     elif isinstance(body_error, MultipartError):
         raise BadRequest(f"malformed multipart body: {body_error}")
     elif body_error is not None:
-        stored = sum(isinstance(o, Stored) for o in report.outcomes.values())
-        if isinstance(body_error, GatewayError):
-            body_error.detail += f" ({stored} instances were stored before that)" if stored else ""
+        what = "the client closed the connection" if isinstance(body_error, ClientDisconnect) else "the body failed"
+        _log_stored_before(report, what)
+        if isinstance(body_error, GatewayError) and (count := len(report.stored())):
+            body_error.detail += f" ({count} instances were stored before that)"
         raise body_error
 
 
@@ -245,6 +301,23 @@ def _publish_stored(request: Request, upstream: Upstream, report: _Report) -> No
     if publisher is not None:
         for study_uid in sorted(report.stored_studies):
             publisher.enqueue(upstream.name, study_uid)
+
+
+def _log_stored_before(report: _Report, what: str) -> None:
+    """One log line naming what an upload that did not finish stored: the PACS has those, the client may not know."""
+    stored = report.stored()
+    uids = " ".join(s.sop_instance_uid for s in stored[:_UIDS_LOGGED])
+    more = f" and {len(stored) - _UIDS_LOGGED} more" if len(stored) > _UIDS_LOGGED else ""
+    studies = sorted({s.retrieve_url.split("/studies/")[-1].split("/")[0] for s in stored})
+    logger.error(
+        "STOW-RS upload ended early (%s) after %d parts; %d instances stored before that%s",
+        what,
+        len(report.outcomes),
+        len(stored),
+        f", in studies {' '.join(studies)}: {uids}{more}" if stored else "",
+    )
+    if (summary := report.log.summary()) is not None:
+        logger.warning("STOW-RS: %s", summary)
 
 
 async def store_instances(request: Request) -> Response:
@@ -262,6 +335,8 @@ async def store_instances(request: Request) -> Response:
             parts = _parts(request, Path(workdir), settings.max_upload_bytes)
             patient = request.scope.get(PATIENT_SCOPE_KEY)
             await _store_all(parts, service.upstream, study, root, report, patient)
+    except ClientDisconnect:
+        return Response(status_code=_CLIENT_CLOSED_REQUEST)  # nobody reads it; logged in _store_all
     finally:  # also when the body fails after some instances were stored
         _publish_stored(request, service.upstream, report)
 
@@ -283,6 +358,8 @@ async def store_instances(request: Request) -> Response:
     else:
         study_url = studies.pop() if len(studies) == 1 else None
     status = store_status(stored, failed, other)
+    if (summary := report.log.summary()) is not None:
+        logger.warning("STOW-RS to %s: %s", service.upstream.name, summary)
     logger.info(
         "STOW-RS to %s: %d stored (%d with warnings), %d failed -> %d",
         service.upstream.name,

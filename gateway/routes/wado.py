@@ -61,7 +61,7 @@ async def retrieve_instances(request: Request) -> Response:
     service: ServiceRoot = request.scope["gateway.service"]
     retrieval = service.upstream.retrieval
     transfer = retrieval.start(target)
-    entries = aiter(transfer)
+    entries = aiter(retrieval.matching(target, transfer))
     try:
         first = await anext(entries)
     except StopAsyncIteration:

@@ -58,9 +58,11 @@ def parse_accept(header: str | None) -> list[MediaRange]:
     for item in _ITEMS.findall(header):
         if not item.strip():
             continue
-        media_type, *parameter_texts = (part.strip() for part in _PARAMETERS.findall(item))
+        media_type, *parameter_texts = [part.strip() for part in _PARAMETERS.findall(item)] or [""]
+        if item.lstrip().startswith(";"):  # "; q=1": parameters without a media range
+            media_type, parameter_texts = "", []
         media_type = media_type.lower()
-        if media_type.count("/") != 1 or " " in media_type:
+        if media_type.count("/") != 1 or " " in media_type or media_type.startswith("/") or media_type.endswith("/"):
             raise BadRequest(f"Accept: {media_type!r} is not a media range (type/subtype)")
         parameters = {}
         for text in parameter_texts:

@@ -24,7 +24,7 @@ __all__ = ["CHUNK_SIZE", "iter_bulkdata"]
 CHUNK_SIZE = 1 << 20
 """The most bytes of a value held in memory at once while it is streamed from disk."""
 
-_TAG_PATH = re.compile(r"[0-9A-Fa-f]{8}(?:/\d{1,9}/[0-9A-Fa-f]{8})*")
+_TAG_PATH = re.compile(r"[0-9A-Fa-f]{8}(?:/[0-9]{1,9}/[0-9A-Fa-f]{8})*")
 
 
 def _locate(dataset: Dataset, tag_path: str) -> DataElement | RawDataElement:

@@ -53,13 +53,15 @@ from pydicom.uid import (
 )
 
 from gateway.errors import BadRequest, NotAcceptable
+from gateway.numbers import parse_integer
 from gateway.wado.accept import parse_accept
 from gateway.wado.pixels import StoredPixels
 
 __all__ = [
     "OCTET_STREAM",
     "FrameEncoding",
-    "frame_count",
+    "decodes",
+    "frame_geometry",
     "negotiate_frame_encoding",
     "parse_frame_numbers",
     "read_frames",
@@ -112,8 +114,8 @@ def stored_transfer_syntax(path: Path) -> UID:
     return UID(read_file_meta_info(path).TransferSyntaxUID)
 
 
-def frame_count(path: Path) -> int:
-    """The number of frames of the image at `path` (1 for a single-frame image).
+def frame_geometry(path: Path) -> tuple[int, int]:
+    """(number of frames, samples per frame) of the image at `path`; 1 frame for a single-frame image.
 
     Raises
     ------
@@ -121,7 +123,13 @@ def frame_count(path: Path) -> int:
         The instance has no pixel data.
     """
     with StoredPixels(path) as pixels:
-        return pixels.number_of_frames
+        return pixels.number_of_frames, pixels.samples_per_frame
+
+
+def decodes(encoding: FrameEncoding, stored: UID) -> bool:
+    """True when sending frames stored in `stored` as `encoding` decodes them (costs decoding work)."""
+    native_little_endian = not stored.is_encapsulated and stored.is_little_endian
+    return encoding.transfer_syntax == ExplicitVRLittleEndian and not native_little_endian
 
 
 def parse_frame_numbers(text: str) -> list[int]:
@@ -134,9 +142,10 @@ def parse_frame_numbers(text: str) -> list[int]:
     """
     numbers = []
     for item in text.split(","):
-        if not item.strip().isdecimal() or int(item) < 1:
+        number = parse_integer(item, "frame number")
+        if number < 1:
             raise BadRequest(f"frame number {item!r} is not a positive integer (frames are numbered from 1)")
-        numbers.append(int(item))
+        numbers.append(number)
     return numbers
 
 

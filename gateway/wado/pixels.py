@@ -125,7 +125,9 @@ class StoredPixels:
             raise BadRequest(f"frame {number} is out of range: the instance has {self.number_of_frames} frame(s)")
         return number - 1
 
-    def _frame_pixels(self) -> int:
+    @property
+    def samples_per_frame(self) -> int:
+        """Rows x columns x samples per pixel: the samples decoding one frame yields."""
         return int(self._options["rows"]) * int(self._options["columns"]) * int(self._options["samples_per_pixel"])
 
     def stored_frame(self, index: int) -> bytes:
@@ -144,7 +146,7 @@ class StoredPixels:
                 number_of_frames=self.number_of_frames,
                 extended_offsets=self._options.get("extended_offsets"),
             )
-        pixels = self._frame_pixels()
+        pixels = self.samples_per_frame
         if self.bits_allocated == 1:
             first_bit = index * pixels
             self._file.seek(self._value_offset + first_bit // 8)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 
 from gateway.errors import BadRequest, NotAcceptable
+from gateway.numbers import parse_integer
 from gateway.wado.accept import parse_accept
 from gateway.wado.pixels import StoredPixels
 
@@ -109,20 +111,21 @@ class RenderOptions:
     warnings: tuple[str, ...] = ()
 
 
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?", re.ASCII)
+
+
 def _number(name: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadRequest(f"{name}: {text!r} is not a number") from None
+    stripped = text.strip(" ")
+    if len(stripped) > 32 or not _DECIMAL.fullmatch(stripped):
+        raise BadRequest(f"{name}: {text[:40]!r} is not a number (ASCII decimal, at most 32 characters)")
+    value = float(stripped)
     if not math.isfinite(value):
         raise BadRequest(f"{name}: {text!r} is not a finite number")
     return value
 
 
 def _integer(name: str, text: str) -> int:
-    if not text.strip().lstrip("-").isdecimal():
-        raise BadRequest(f"{name}: {text!r} is not an integer")
-    return int(text)
+    return parse_integer(text, name, signed=True)
 
 
 def _parse_window(text: str) -> Window:

@@ -156,6 +156,22 @@ def test_missing_resources_malformed_uids_and_unservable_syntaxes(gateway: DICOM
     assert httpx.get(f"{root}/studies/{study.study_uid}", headers=jpeg, timeout=30).status_code == 406
 
 
+def test_a_series_under_another_study_is_a_404_as_on_orthanc_native(
+    gateway: DICOMwebClient, pacs_pool: dict[str, LocalPacs]
+) -> None:
+    root = gateway.root  # type: ignore[attr-defined]
+    mine, other = STUDIES[1], STUDIES[2]
+    series = mine.series[0]
+    wrong = f"/studies/{other.study_uid}/series/{series.series_uid}"
+    native = httpx.get(f"{pacs_pool['orthanc'].dicomweb_url}{wrong}/metadata", timeout=30)
+    assert native.status_code == 404
+    for path in (f"{wrong}/metadata", wrong, f"{wrong}/instances/{series.instance_uid(1)}/metadata"):
+        response = httpx.get(root + path, timeout=30)
+        assert response.status_code == 404, (path, response.status_code)
+    right = httpx.get(f"{root}/studies/{mine.study_uid}/series/{series.series_uid}/metadata", timeout=30)
+    assert right.status_code == 200 and len(right.json()) == series.instance_count
+
+
 def frames_of(ds: Dataset) -> list[bytes]:
     """The frames of a loaded instance as stored: native frames cut out, or the encapsulated ones."""
     if ds.file_meta.TransferSyntaxUID.is_encapsulated:

@@ -34,3 +34,14 @@ def test_binary_numbers_are_typed() -> None:
     query = parse_qido_query(QueryLevel.IMAGE, [("Rows", "512")])
     identifier = build_identifier(QueryLevel.IMAGE, query.match_keys, [])
     assert identifier.Rows == 512
+
+
+def test_return_keys_of_ambiguous_vr_are_encodable() -> None:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    identifier = build_identifier(QueryLevel.IMAGE, [], [0x7FE00010, 0x00280106])  # PixelData, SmallestImagePixelValue
+    assert (identifier[0x7FE00010].VR, identifier[0x00280106].VR) == ("OB", "US")
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, identifier)

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 import gateway
 from gateway.app import create_app
-from gateway.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
+from gateway.errors import GatewayError, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from gateway.routes.common import NotAcceptable
 from gateway.settings import Settings, load_settings
 
@@ -98,7 +98,7 @@ def _deref(spec: dict[str, Any], node: Any) -> Any:
 
 def _error_statuses(*, with_body: bool = True) -> set[int]:
     """The HTTP status of every GatewayError the app can answer with (`with_body`: to requests with a body)."""
-    about_bodies = {PayloadTooLarge, UnsupportedMediaType}
+    about_bodies = {PayloadTooLarge, RequestTimeout, UnsupportedMediaType}
     found: set[int] = set()
     pending: list[type[GatewayError]] = [GatewayError]
     while pending:

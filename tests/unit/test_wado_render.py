@@ -208,7 +208,8 @@ def test_parameters() -> None:
     [
         ([("window", "40")], "window: '40' is not center,width"),
         ([("window", "40,abc")], "window: 'abc' is not a number"),
-        ([("window", "40,nan")], "window: 'nan' is not a finite number"),
+        ([("window", "40,nan")], "window: 'nan' is not a number"),
+        ([("window", "40,1e999")], "window: '1e999' is not a finite number"),
         ([("window", "40,0.5")], "window: width 0.5 is too small for linear"),
         ([("window", "40,0,sigmoid")], "window: width 0 is too small for sigmoid"),
         ([("window", "40,400,cubic")], "window: function 'cubic'"),
