@@ -227,6 +227,12 @@ class _TunedAssociationSocket(AssociationSocket):
             )
             self._abandon(sock)
             return
+        except ssl.SSLError as exc:
+            # An alert met while sending: with TLS 1.3 a PACS may refuse the client's certificate
+            # (or its absence) only once the client has finished its handshake.
+            self.tls_error = exc
+            self._abandon(sock)
+            return
         except Exception:
             self._abandon(sock)
             return

@@ -115,8 +115,12 @@ class Transfer:
 
     @property
     def lost(self) -> int:
-        """Instances the PACS failed to send, or sent unreadable, so far."""
-        return self.counts.failed + self.rejected
+        """Instances the PACS failed to send, or sent unreadable, so far.
+
+        The PACS counts the instances refused as outside :attr:`scope` among its failed
+        sub-operations (the gateway answered them with a failure status); they are not lost.
+        """
+        return max(0, self.counts.failed - self.refused) + self.rejected
 
     @property
     def cancelled(self) -> bool:
