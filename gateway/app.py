@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 from gateway import __version__
 from gateway.dimse import sockets, storage
 from gateway.errors import GatewayError, UpstreamError
+from gateway.fhir.routes import fhir_routes
 from gateway.routes.common import ServiceRoot
 from gateway.routes.frames import retrieve_frames
 from gateway.routes.metadata import retrieve_bulkdata, retrieve_metadata
@@ -169,6 +170,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         *_service_routes(settings, upstreams),
+        *fhir_routes(settings, upstreams),
     ]
     app = Starlette(
         routes=routes,

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
     "PROFILES",
@@ -130,6 +131,12 @@ class UpstreamSettings:
 
     Raise it only for a PACS that takes parallel stores correctly (Orthanc does; dcmqrscp, whose
     forked processes share one index file, was measured losing index entries at 2)."""
+    timezone: str = ""
+    """IANA zone (``Europe/Berlin``) of the PACS's dates and times, for FHIR ``started`` when a study has no
+    TimezoneOffsetFromUTC; empty: such a study's ``started`` is its date only."""
+    fhir_max_instances: int = 10000
+    """Most instances a FHIR ImagingStudy lists; a larger study leaves out its instance lists (and the
+    top-level numberOfInstances with them, so that ist-4 holds)."""
 
     def __post_init__(self) -> None:
         prefix = f"upstreams.{self.name}"
@@ -159,6 +166,13 @@ class UpstreamSettings:
         for sop_class in self.storage_sop_classes:
             if not _SOP_CLASS.match(sop_class):
                 raise ConfigError(f"{prefix}.storage_sop_classes: {sop_class!r} is not a UID or a SOP class keyword")
+        if self.timezone:
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ConfigError(f"{prefix}.timezone: {self.timezone!r} is not an IANA time zone") from exc
+        if self.fhir_max_instances < 0:
+            raise ConfigError(f"{prefix}.fhir_max_instances: {self.fhir_max_instances} must not be negative")
 
     @property
     def configured_capabilities(self) -> Capabilities:
@@ -199,6 +213,8 @@ class Settings:
     """Size the instance cache is kept under (instances being streamed are never evicted)."""
     cache_ttl: float = 300.0
     """Seconds a cached series is served without asking the PACS again (metadata, frames, rendered)."""
+    fhir_max_count: int = 100
+    """Most ImagingStudy entries one FHIR search page carries (``_count`` above it is lowered to it)."""
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -220,6 +236,8 @@ class Settings:
             raise ConfigError("gateway.cache_max_bytes >= 0 and 0 <= gateway.cache_ttl <= 86400 seconds")
         if self.max_upload_bytes < 1:
             raise ConfigError(f"gateway.max_upload_bytes: {self.max_upload_bytes} must be positive")
+        if not 1 <= self.fhir_max_count <= 1000:
+            raise ConfigError(f"gateway.fhir_max_count: {self.fhir_max_count} is not between 1 and 1000")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise ConfigError(f"gateway.log_level: {self.log_level!r} is not a log level")
 
