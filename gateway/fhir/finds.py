@@ -15,7 +15,7 @@ from gateway.query.attributes import UNIQUE_KEY, QueryLevel, tag
 from gateway.query.identifier import build_identifier
 from gateway.query.params import MatchKey, MatchType
 
-__all__ = ["FindCounter", "find_unique", "gather_bounded", "key", "uid_key"]
+__all__ = ["FindCounter", "find_unique", "gather_bounded", "key", "run_concurrently", "uid_key"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -78,7 +78,29 @@ async def gather_bounded(items: Sequence[T], function: Callable[[T], Awaitable[R
         async with limiter:
             results[index] = await function(item)
 
-    async with anyio.create_task_group() as tasks:
-        for index, item in enumerate(items):
-            tasks.start_soon(run, index, item)
+    try:
+        async with anyio.create_task_group() as tasks:
+            for index, item in enumerate(items):
+                tasks.start_soon(run, index, item)
+    except BaseExceptionGroup as group:
+        # The first real failure, as a caller of one C-FIND would see it (an UpstreamError is a
+        # 502/504, not an exception group); the others are its consequences or the same fault.
+        raise _first_failure(group) from None
     return results  # type: ignore[return-value]
+
+
+async def run_concurrently(*functions: Callable[[], Awaitable[None]]) -> None:
+    """Run `functions` at once; the first failure is raised as itself (see :func:`gather_bounded`)."""
+    await gather_bounded(functions, lambda function: function(), len(functions))
+
+
+def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = list(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return next((exc for exc in leaves if isinstance(exc, Exception)), leaves[0])

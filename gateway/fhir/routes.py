@@ -11,14 +11,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.errors import GatewayError, UnsupportedMediaType
+from gateway.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
 from gateway.fhir.bundle import entry, searchset
 from gateway.fhir.capability import capability_statement
 from gateway.fhir.endpoint import endpoint_resources
@@ -39,6 +39,7 @@ __all__ = ["FHIR_BASE", "fhir_routes"]
 logger = logging.getLogger(__name__)
 
 FHIR_BASE = "/fhir"
+_MAX_FORM_BYTES = 64 * 1024
 PATIENT_SCOPE_KEY = "gateway.patient_id"
 """Where an access-control middleware puts the PatientID a request is bound to (absent: unrestricted)."""
 
@@ -200,9 +201,16 @@ async def search_imaging_studies_post(call: _Call) -> Response:
     content_type = call.request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise UnsupportedMediaType(f"a _search body is application/x-www-form-urlencoded, not {content_type!r}")
-    form = await call.request.form()
-    items = call.request.query_params.multi_items() + [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-    return await _search(call, items)
+    body = b""
+    async for chunk in call.request.stream():
+        body += chunk
+        if len(body) > _MAX_FORM_BYTES:
+            raise PayloadTooLarge(f"a _search body is at most {_MAX_FORM_BYTES} bytes")
+    try:
+        form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise OutcomeError(400, "invalid", "the _search body is not UTF-8") from None
+    return await _search(call, call.request.query_params.multi_items() + form)
 
 
 async def search_endpoints(call: _Call) -> Response:

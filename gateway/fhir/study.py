@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from contextlib import aclosing
 from typing import Any
 
-import anyio
 from pydicom.dataset import Dataset
 
-from gateway.fhir.finds import FindCounter, find_unique, gather_bounded, uid_key
+from gateway.fhir.finds import FindCounter, find_unique, gather_bounded, run_concurrently, uid_key
 from gateway.fhir.records import InstanceRecord, SeriesRecord, StudyRecord
 from gateway.fhir.resource import imaging_study
 from gateway.fhir.values import integer, text
@@ -155,9 +154,7 @@ async def load_series(
                 async for dataset in found:
                     collector.add(dataset)
 
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(series_level)
-            tasks.start_soon(image_level)
+        await run_concurrently(series_level, image_level)
     else:
 
         async def series_of(study: str) -> None:
@@ -202,9 +199,7 @@ async def load_study(upstream: Upstream, study_uid: str, *, counter: FindCounter
             )
         )
 
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(study_level)
-        tasks.start_soon(lower_levels)
+    await run_concurrently(study_level, lower_levels)
     study = next((ds for ds in found if text(ds, "StudyInstanceUID") == study_uid), None)
     if study is None:
         return None
