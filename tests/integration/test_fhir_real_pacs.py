@@ -15,9 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from dicomweb_client.api import DICOMwebClient
 
 from gateway.demo.pacs import DcmqrscpPacs, LocalPacs, OrthancPacs
-from gateway.demo.samples import generate_sample_studies, iter_sample_datasets
+from gateway.demo.samples import SOP_CLASSES, SampleSeries, generate_sample_studies, iter_sample_datasets
 from gateway.settings import load_settings
 from tests.conftest import live_gateway
 from tests.fhirchecks import validate
@@ -31,6 +32,7 @@ DCM = "http://dicom.nema.org/resources/ontology/DCM"
 class Fhir:
     kind: str
     base: str
+    dicomweb: str
     client: httpx.Client
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
@@ -54,7 +56,7 @@ def fhir(request: pytest.FixtureRequest, pacs_pool: dict[str, LocalPacs]) -> Ite
     settings = load_settings(None, upstream=pacs_pool[kind].upstream)
     settings = replace(settings, upstreams=(replace(settings.default_upstream, profile="auto"),))
     with live_gateway(settings) as root, httpx.Client(timeout=30) as client:
-        yield Fhir(kind, root.removesuffix(settings.base_path) + "/fhir", client)
+        yield Fhir(kind, root.removesuffix(settings.base_path) + "/fhir", root, client)
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +163,23 @@ def test_following_the_endpoint_reaches_wado_rs(fhir: Fhir) -> None:
     metadata = response.json()
     assert len(metadata) == study.series[0].instance_count
     assert {first(m, "0020000E") for m in metadata} == {series_uid}
+
+
+def test_a_series_stored_through_the_gateway_shows_in_the_very_next_read(fhir: Fhir) -> None:
+    # A CT study of its own (not one of STUDIES), then a PT series stored into it.
+    ct_study = next(s for s in generate_sample_studies(8, seed=7) if s.modalities == ("CT",))
+    ct_study = replace(ct_study, patient_id=f"STOW-{fhir.kind}")
+    pt = SampleSeries(f"{ct_study.study_uid}.9", "PT", SOP_CLASSES["PT"], 2, 9, "PET ADDED LATER")
+    dicomweb = DICOMwebClient(url=fhir.dicomweb)
+    dicomweb.store_instances(list(iter_sample_datasets([ct_study])))
+    before = fhir.get(f"/ImagingStudy/{ct_study.study_uid}").json()
+    dicomweb.store_instances(list(iter_sample_datasets([replace(ct_study, series=(pt,))])))
+    after = fhir.get(f"/ImagingStudy/{ct_study.study_uid}").json()
+    validate(before)
+    validate(after)
+    assert [m["coding"][0]["code"] for m in before["modality"]] == ["CT"]
+    assert [m["coding"][0]["code"] for m in after["modality"]] == ["CT", "PT"]
+    assert after["numberOfSeries"] == before["numberOfSeries"] + 1
+    assert after["series"][-1]["uid"] == pt.series_uid and after["series"][-1]["numberOfInstances"] == 2
+    found = fhir.get("/ImagingStudy", params={"modality": "PT", "patient:identifier": ct_study.patient_id}).json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [ct_study.study_uid]
