@@ -29,7 +29,15 @@ from gateway.fhir.versions import FhirVersion
 from gateway.query.attributes import QueryLevel
 from gateway.upstreams import Upstream
 
-__all__ = ["STUDY_RETURN_KEYS", "build_imaging_study", "load_series", "load_study"]
+__all__ = [
+    "COUNT_RETURN_KEYS",
+    "IMAGE_RETURN_KEYS",
+    "SERIES_RETURN_KEYS",
+    "STUDY_RETURN_KEYS",
+    "build_imaging_study",
+    "load_series",
+    "load_study",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +53,7 @@ STUDY_RETURN_KEYS = (
     "StudyDescription",
     "ReferringPhysicianName",
 )
-_SERIES_RETURN_KEYS = (
+SERIES_RETURN_KEYS = (
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "Modality",
@@ -53,8 +61,8 @@ _SERIES_RETURN_KEYS = (
     "SeriesDescription",
     "BodyPartExamined",
 )
-_IMAGE_RETURN_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "InstanceNumber")
-_COUNT_RETURN_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+IMAGE_RETURN_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "InstanceNumber")
+COUNT_RETURN_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
 class _Collector:
@@ -135,14 +143,14 @@ async def load_series(
     series: dict[str, list[SeriesRecord]] = {uid: [] for uid in study_uids}
     if not study_uids:
         return {}
-    image_keys = _IMAGE_RETURN_KEYS if list_instances else _COUNT_RETURN_KEYS
+    image_keys = IMAGE_RETURN_KEYS if list_instances else COUNT_RETURN_KEYS
 
     collector = _Collector(list_instances, max_instances)
     if relational:
 
         async def series_level() -> None:
             keys = [uid_key("StudyInstanceUID", study_uids)]
-            async with aclosing(find_unique(client, QueryLevel.SERIES, keys, _SERIES_RETURN_KEYS, counter)) as found:  # type: ignore[type-var]
+            async with aclosing(find_unique(client, QueryLevel.SERIES, keys, SERIES_RETURN_KEYS, counter)) as found:  # type: ignore[type-var]
                 async for dataset in found:
                     study = text(dataset, "StudyInstanceUID")
                     if study in series:
@@ -159,7 +167,7 @@ async def load_series(
 
         async def series_of(study: str) -> None:
             keys = [uid_key("StudyInstanceUID", [study])]
-            async with aclosing(find_unique(client, QueryLevel.SERIES, keys, _SERIES_RETURN_KEYS, counter)) as found:  # type: ignore[type-var]
+            async with aclosing(find_unique(client, QueryLevel.SERIES, keys, SERIES_RETURN_KEYS, counter)) as found:  # type: ignore[type-var]
                 series[study] = [_series_record(dataset) async for dataset in found]
 
         await gather_bounded(list(study_uids), series_of, concurrency)
