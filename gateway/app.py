@@ -162,8 +162,8 @@ def create_app(settings: Settings) -> Starlette:
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["Accept", "Authorization", "Content-Type"],
-                expose_headers=["Warning", "Content-Location", "Retry-After"],
+                allow_headers=["Accept", "Authorization", "Content-Type", "Prefer", "If-None-Match"],
+                expose_headers=["Warning", "Content-Location", "Retry-After", "ETag"],
             )
         )
     routes: list[BaseRoute] = [

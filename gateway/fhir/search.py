@@ -214,24 +214,23 @@ async def _matching_studies(plan: _Plan, counter: FindCounter) -> AsyncIterator[
         series_level = False
     if uids is not None and not uids:
         return
-    batch_size = plan.upstream.client.settings.max_associations
-    pending: list[Dataset] = []
+    candidates: list[Dataset] = []
     async with aclosing(_study_answers(plan, uids, counter)) as answers:  # type: ignore[type-var]
         async for study in answers:
             if not plan.study_matches(study):
                 continue
             if not series_level:
                 yield study
-                continue
-            pending.append(study)
-            if len(pending) >= batch_size:
-                for candidate, ok in zip(pending, await _has_series(plan, pending, counter), strict=True):
-                    if ok:
-                        yield candidate
-                pending = []
-    for candidate, ok in zip(pending, await _has_series(plan, pending, counter), strict=True):
-        if ok:
-            yield candidate
+            else:
+                # Held until the STUDY C-FIND is over: its association must not stay busy while
+                # the series are asked for (with max_associations = 1 that would never end).
+                candidates.append(study)
+    batch_size = plan.upstream.client.settings.max_associations
+    for start in range(0, len(candidates), batch_size):
+        batch = candidates[start : start + batch_size]
+        for candidate, ok in zip(batch, await _has_series(plan, batch, counter), strict=True):
+            if ok:
+                yield candidate
 
 
 async def search_studies(
