@@ -53,6 +53,7 @@ class FhirRoot:
 
     @property
     def upstream(self) -> Upstream:
+        """The PACS this FHIR base is built from."""
         return self.base.upstream
 
 
@@ -97,6 +98,9 @@ def _bind(handler: Handler, root: FhirRoot) -> Callable[[Request], Awaitable[Res
             error = exc
         except GatewayError as exc:
             error = outcome_error(exc)
+        except Exception as exc:
+            logger.exception("%s %s failed", request.method, request.url.path)
+            error = OutcomeError(500, "exception", f"{type(exc).__name__}: {exc}")
         log = logger.warning if error.status >= 500 else logger.info
         log("%s %s -> %d %s", request.method, request.url.path, error.status, error.diagnostics)
         return _outcome_response(error, version)
