@@ -140,6 +140,11 @@ async def test_read_in_r4_and_the_missing_study() -> None:
             r4 = await client.get(
                 "/fhir/ImagingStudy/1.2.826.0.1.2", headers={"Accept": "application/fhir+json; fhirVersion=4.0"}
             )
+            r4_search = await client.get(
+                "/fhir/ImagingStudy",
+                params={"modality": "PT", "_include": "ImagingStudy:endpoint"},
+                headers={"Accept": "application/fhir+json; fhirVersion=4.0"},
+            )
             missing = await client.get("/fhir/ImagingStudy/1.2.826.0.1.99")
             not_a_uid = await client.get("/fhir/ImagingStudy/abc")
             r3 = await client.get("/fhir/metadata", headers={"Accept": "application/fhir+json; fhirVersion=3.0"})
@@ -153,6 +158,8 @@ async def test_read_in_r4_and_the_missing_study() -> None:
         "value": "ACC2",
     } in study["identifier"]
     assert study["started"] == "2020-02-01"  # no TimezoneOffsetFromUTC, no configured zone: the date only
+    validate(r4_search.json(), "R4")
+    assert [e["resource"]["resourceType"] for e in r4_search.json()["entry"]] == ["ImagingStudy"] * 4 + ["Endpoint"] * 3
     for response, status in ((missing, 404), (not_a_uid, 404), (r3, 406), (xml, 406)):
         assert response.status_code == status
         validate(response.json())
