@@ -223,18 +223,21 @@ def parse_date(value: str, zone: tzinfo) -> tuple[datetime, datetime]:
     hour, minute, second = int(match["hour"] or 0), int(match["minute"] or 0), int(match["second"] or 0)
     micro = int((match["fraction"] or "0")[:6].ljust(6, "0"))
     low = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
-    if match["fraction"]:
-        high = low + timedelta(microseconds=1)
-    elif match["second"]:
-        high = low + timedelta(seconds=1)
-    elif match["hour"]:
-        high = low + timedelta(minutes=1)
-    elif match["day"]:
-        high = datetime(year, month, day, tzinfo=tz) + timedelta(days=1)
-    elif match["month"]:
-        high = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=tz)
-    else:
-        high = datetime(year + 1, 1, 1, tzinfo=tz)
+    try:
+        if match["fraction"]:
+            high = low + timedelta(microseconds=1)
+        elif match["second"]:
+            high = low + timedelta(seconds=1)
+        elif match["hour"]:
+            high = low + timedelta(minutes=1)
+        elif match["day"]:
+            high = datetime(year, month, day, tzinfo=tz) + timedelta(days=1)
+        elif match["month"]:
+            high = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=tz)
+        else:
+            high = datetime(year + 1, 1, 1, tzinfo=tz)
+    except (OverflowError, ValueError):  # the period ends after year 9999
+        high = datetime.max.replace(tzinfo=tz)
     return low, high
 
 

@@ -91,17 +91,28 @@ class _Plan:
         """
         low: date | None = None
         high: date | None = None
+        slack = timedelta(days=2)
         for bound in self.search.started:
-            slack = timedelta(days=2)
-            if bound.prefix in ("eq", "ge", "gt"):
-                edge = (bound.low if bound.prefix != "gt" else bound.high) - slack
-                low = max(low, edge.date()) if low else edge.date()
-            if bound.prefix in ("eq", "le", "lt"):
-                edge = (bound.high if bound.prefix != "lt" else bound.low) + slack
-                high = min(high, edge.date()) if high else edge.date()
+            try:
+                if bound.prefix in ("eq", "ge", "gt"):
+                    edge = (bound.low if bound.prefix != "gt" else bound.high) - slack
+                    low = max(low, edge.date()) if low else edge.date()
+                if bound.prefix in ("eq", "le", "lt"):
+                    edge = (bound.high if bound.prefix != "lt" else bound.low) + slack
+                    high = min(high, edge.date()) if high else edge.date()
+            except OverflowError:
+                continue  # a bound near year 1 or 9999: the PACS is not asked to narrow it
         if low is None and high is None:
             return None
         return low, high
+
+    def impossible(self) -> bool:
+        """Whether the conditions exclude every study before any C-FIND (contradictory ranges)."""
+        dates = self.date_range()
+        if dates is not None and dates[0] is not None and dates[1] is not None and dates[0] > dates[1]:
+            return True
+        accessions = [m.accessions for m in self.search.identifiers if not m.study_uids]
+        return bool(accessions) and not frozenset.intersection(*accessions)
 
     def study_matches(self, study: Dataset) -> bool:
         """The gateway's own check of a STUDY answer against every study-level condition."""
@@ -204,6 +215,8 @@ async def _has_series(plan: _Plan, studies: Sequence[Dataset], counter: FindCoun
 async def _matching_studies(plan: _Plan, counter: FindCounter) -> AsyncIterator[Dataset]:
     """Every matching study, in a stable order (the PACS's, or by UID chunk)."""
     search = plan.search
+    if plan.impossible():
+        return
     conditions = _uid_conditions(search)
     uids: set[str] | None = set(frozenset.intersection(*conditions)) if conditions else None
     series_level = bool(search.modalities or search.series)

@@ -128,9 +128,13 @@ def started_interval(dataset: Dataset, zone_name: str = "") -> tuple[datetime, d
     if value is None:
         return None
     if "T" in value:
-        moment = datetime.fromisoformat(value)
-        return moment, moment + timedelta(seconds=1)
-    zone = _zone(dataset, zone_name) or UTC
-    day = date.fromisoformat(value)
-    start = datetime(day.year, day.month, day.day, tzinfo=zone)
-    return start, datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=zone)
+        start = datetime.fromisoformat(value)
+        length = timedelta(seconds=1)
+    else:
+        day = date.fromisoformat(value)
+        start = datetime(day.year, day.month, day.day, tzinfo=_zone(dataset, zone_name) or UTC)
+        length = timedelta(days=1)  # wall-clock arithmetic: the next midnight, across a DST change too
+    try:
+        return start, start + length
+    except OverflowError:  # 9999-12-31
+        return start, datetime.max.replace(tzinfo=start.tzinfo)

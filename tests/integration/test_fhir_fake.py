@@ -229,6 +229,12 @@ async def test_search_parameters_and_paging() -> None:
             assert await ids(**{"subject:identifier": "other-system|P1"}) == []
             assert await ids(started=["ge2020-03-01", "lt2020-06"]) == ["3", "4", "5"]
             assert await ids(started="2020-04") == ["4"]
+            before = len(pacs.received)
+            assert await ids(started=["ge2021-01-01", "lt2020-01-01"]) == []
+            assert await ids(identifier=["ACC1", "ACC2"]) == []
+            assert len(pacs.received) == before  # contradictions need no C-FIND
+            assert await ids(started="le0001-01-01") == []
+            assert await ids(started="ge9999-12-31T23:59:59Z") == []
             assert await ids(series="1.2.826.0.1.8.1") == ["8"]
             assert await ids(status="available", _count="3", modality="CT", unknown="x") == ["1", "2", "3"]
             assert await ids(status="cancelled") == []

@@ -125,6 +125,8 @@ def test_started_interval() -> None:
     assert start.isoformat() == "2024-01-02T10:10:10+01:00" and (end - start).total_seconds() == 1
     start, end = started_interval(study_dataset(StudyTime=""), "Europe/Berlin")  # type: ignore[misc]
     assert start.isoformat() == "2024-01-02T00:00:00+01:00" and (end - start).days == 1
+    start, end = started_interval(study_dataset(StudyDate="99991231", StudyTime=""))  # type: ignore[misc]
+    assert end.year == 9999 and end > start
 
 
 @pytest.mark.parametrize("version", ["R5", "R4"])
