@@ -120,25 +120,20 @@ async def bare_search(client: UpstreamClient, relational: bool, counter: FindCou
     studies = await collect(client, QueryLevel.STUDY, [], STUDY_RETURN_KEYS, counter)
 
     async def series_of(uid: str) -> list[Dataset]:
-        return await collect(client, QueryLevel.SERIES, [uid_key("StudyInstanceUID", [uid])], series_keys, counter)
+        keys = [uid_key("StudyInstanceUID", [uid])]
+        return await collect(client, QueryLevel.SERIES, keys, SERIES_RETURN_KEYS, counter)
 
-    matching: list[str] = []
+    matching: list[tuple[str, list[Dataset]]] = []
     for start in range(0, len(studies), concurrency):
         batch = [text(ds, "StudyInstanceUID") for ds in studies[start : start + concurrency]]
         answers = await gather_bounded(batch, series_of, concurrency)
-        matching += [uid for uid, series in zip(batch, answers, strict=True) if any(s.Modality == "CT" for s in series)]
+        matching += [
+            (uid, series) for uid, series in zip(batch, answers, strict=True) if any(s.Modality == "CT" for s in series)
+        ]
         if len(matching) > PAGE:
             break
-    page_series = await gather_bounded(
-        matching[:PAGE],
-        lambda uid: collect(
-            client, QueryLevel.SERIES, [uid_key("StudyInstanceUID", [uid])], SERIES_RETURN_KEYS, counter
-        ),
-        concurrency,
-    )
-    pairs = [
-        (uid, text(s, "SeriesInstanceUID")) for uid, series in zip(matching, page_series, strict=False) for s in series
-    ]
+    # The series of the page's studies are those the check fetched: the gateway keeps them too.
+    pairs = [(uid, text(s, "SeriesInstanceUID")) for uid, series in matching[:PAGE] for s in series]
 
     async def images_of(pair: tuple[str, str]) -> None:
         keys = [uid_key("StudyInstanceUID", [pair[0]]), uid_key("SeriesInstanceUID", [pair[1]])]

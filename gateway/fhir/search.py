@@ -12,7 +12,7 @@ The plan:
    one more study are found.
 3. Every answer is checked again by the gateway (exact ``started`` periods, identifier systems,
    the PatientID a request is bound to, and on a hierarchical PACS the series conditions, from
-   one SERIES C-FIND per candidate study).
+   one SERIES C-FIND per candidate study, whose answers also serve the page).
 4. The page's studies get their series and instance counts (:func:`gateway.fhir.study.load_series`).
 """
 
@@ -28,8 +28,8 @@ from pydicom.dataset import Dataset
 
 from gateway.fhir.finds import FindCounter, find_unique, gather_bounded, key, uid_key
 from gateway.fhir.params import StudySearch
-from gateway.fhir.records import StudyRecord
-from gateway.fhir.study import STUDY_RETURN_KEYS, load_series
+from gateway.fhir.records import SeriesRecord, StudyRecord
+from gateway.fhir.study import SERIES_RETURN_KEYS, STUDY_RETURN_KEYS, load_series, series_record
 from gateway.fhir.values import patient_system, started_interval, text
 from gateway.query.attributes import QueryLevel
 from gateway.query.params import MatchKey, MatchType
@@ -60,6 +60,7 @@ class _Plan:
         self.caps = caps
         self.patient_id = patient_id
         self.zone = upstream.client.settings.timezone
+        self.series_of: dict[str, list[SeriesRecord]] = {}
 
     def study_keys(self) -> list[MatchKey]:
         """What the STUDY C-FIND asks the PACS to match, besides the StudyInstanceUID list."""
@@ -194,20 +195,24 @@ def _uid_conditions(search: StudySearch) -> list[frozenset[str]]:
 
 
 async def _has_series(plan: _Plan, studies: Sequence[Dataset], counter: FindCounter) -> list[bool]:
-    """Step 3 on a hierarchical PACS: whether each study has a series for every series condition."""
+    """Step 3 on a hierarchical PACS: whether each study has a series for every series condition.
+
+    The series of a matching study are kept in ``plan.series_of``: its page needs them again.
+    """
     search = plan.search
     client = plan.upstream.client
 
     async def check(study: Dataset) -> bool:
-        keys = [uid_key("StudyInstanceUID", [text(study, "StudyInstanceUID")])]
-        returns = ("StudyInstanceUID", "SeriesInstanceUID", "Modality")
-        series: list[tuple[str, str]] = []
-        async with aclosing(find_unique(client, QueryLevel.SERIES, keys, returns, counter)) as answers:  # type: ignore[type-var]
-            async for dataset in answers:
-                series.append((text(dataset, "SeriesInstanceUID"), text(dataset, "Modality").upper()))
-        return all(any(m in codes for _, m in series) for codes in search.modalities) and all(
-            any(uid in uids for uid, _ in series) for uids in search.series
+        uid = text(study, "StudyInstanceUID")
+        keys = [uid_key("StudyInstanceUID", [uid])]
+        async with aclosing(find_unique(client, QueryLevel.SERIES, keys, SERIES_RETURN_KEYS, counter)) as answers:  # type: ignore[type-var]
+            series = [series_record(dataset) async for dataset in answers]
+        ok = all(any(s.modality in codes for s in series) for codes in search.modalities) and all(
+            any(s.uid in uids for s in series) for uids in search.series
         )
+        if ok:
+            plan.series_of[uid] = series
+        return ok
 
     return await gather_bounded(list(studies), check, client.settings.max_associations)
 
@@ -274,7 +279,11 @@ async def search_studies(
     more = len(studies) > search.count
     studies = studies[: search.count]
     uids = [text(s, "StudyInstanceUID") for s in studies]
-    loaded = await load_series(upstream, uids, list_instances=False, relational=bool(caps.relational), counter=counter)
+    relational = bool(caps.relational)
+    known = plan.series_of
+    loaded = await load_series(
+        upstream, uids, list_instances=False, relational=relational, counter=counter, known=known
+    )
     records = [StudyRecord(s, *loaded[uid]) for s, uid in zip(studies, uids, strict=True)]
     logger.debug("FHIR search on %s: %d studies, %d C-FINDs", upstream.name, len(records), counter.count)
     return SearchPage(records, more)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "STUDY_RETURN_KEYS",
     "build_imaging_study",
     "load_series",
+    "series_record",
     "load_study",
 ]
 
@@ -110,7 +111,8 @@ class _Collector:
         return listed
 
 
-def _series_record(dataset: Dataset) -> SeriesRecord:
+def series_record(dataset: Dataset) -> SeriesRecord:
+    """A SERIES answer (asked with :data:`SERIES_RETURN_KEYS`) as a record, not yet counted."""
     return SeriesRecord(
         uid=text(dataset, "SeriesInstanceUID"),
         modality=text(dataset, "Modality").upper(),
@@ -131,11 +133,14 @@ async def load_series(
     list_instances: bool,
     relational: bool,
     counter: FindCounter | None = None,
+    known: Mapping[str, list[SeriesRecord]] | None = None,
 ) -> dict[str, tuple[list[SeriesRecord], bool]]:
     """The series of each study with their instance counts (and lists): ``{uid: (series, listed)}``.
 
     `relational` says whether the PACS takes SERIES and IMAGE queries over a StudyInstanceUID list
-    without the series UIDs; otherwise it is asked level by level.
+    without the series UIDs; otherwise it is asked level by level. `known` holds series records
+    this request already has from SERIES C-FINDs of its own (a hierarchical search's checks): those
+    studies are not asked again.
     """
     client = upstream.client
     concurrency = client.settings.max_associations
@@ -154,7 +159,7 @@ async def load_series(
                 async for dataset in found:
                     study = text(dataset, "StudyInstanceUID")
                     if study in series:
-                        series[study].append(_series_record(dataset))
+                        series[study].append(series_record(dataset))
 
         async def image_level() -> None:
             keys = [uid_key("StudyInstanceUID", study_uids)]
@@ -168,9 +173,12 @@ async def load_series(
         async def series_of(study: str) -> None:
             keys = [uid_key("StudyInstanceUID", [study])]
             async with aclosing(find_unique(client, QueryLevel.SERIES, keys, SERIES_RETURN_KEYS, counter)) as found:  # type: ignore[type-var]
-                series[study] = [_series_record(dataset) async for dataset in found]
+                series[study] = [series_record(dataset) async for dataset in found]
 
-        await gather_bounded(list(study_uids), series_of, concurrency)
+        for uid in study_uids:
+            if known is not None and uid in known:
+                series[uid] = known[uid]
+        await gather_bounded([uid for uid in study_uids if not series[uid]], series_of, concurrency)
 
         async def instances_of(pair: tuple[str, SeriesRecord]) -> None:
             study, record = pair
