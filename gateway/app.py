@@ -28,6 +28,7 @@ from gateway.dimse import sockets, storage
 from gateway.dimse.pool import begin_request
 from gateway.errors import GatewayError, UpstreamError
 from gateway.fhir.publish.publisher import Publisher, PublisherFactory
+from gateway.fhir.routes import fhir_routes
 from gateway.logs import REQUEST_ID_HEADER, RequestIdMiddleware, current_upstream
 from gateway.metrics import MetricsMiddleware
 from gateway.routes.common import ServiceRoot
@@ -264,6 +265,7 @@ def create_app(settings: Settings, *, publisher_factory: PublisherFactory | None
         *([Route("/metrics", metrics, methods=["GET"])] if settings.metrics else []),
         *smart_routes(),  # before any /fhir mount, which would otherwise take these paths
         *_service_routes(settings, upstreams),
+        *fhir_routes(settings, upstreams),
     ]
     app = Starlette(
         routes=routes,

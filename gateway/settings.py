@@ -52,6 +52,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.environment import UPSTREAM_VARIABLE, VariableError, environment_document
 
@@ -305,6 +306,12 @@ class UpstreamSettings:
     max_waiting: int = 0
     """Requests that may wait for an association of one of this upstream's pools; beyond it, 503 at
     once. 0: eight per association of the pool (``max_associations``, ``max_store_associations``)."""
+    timezone: str = ""
+    """IANA zone (``Europe/Berlin``) of the PACS's dates and times, for FHIR ``started`` when a study has no
+    TimezoneOffsetFromUTC; empty: such a study's ``started`` is its date only."""
+    fhir_max_instances: int = 10000
+    """Most instances a FHIR ImagingStudy lists; a larger study leaves out its instance lists (and the
+    top-level numberOfInstances with them, so that ist-4 holds)."""
 
     def __post_init__(self) -> None:
         prefix = f"upstreams.{self.name}"
@@ -345,6 +352,13 @@ class UpstreamSettings:
                 raise ConfigError(f"{prefix}.move_source_hosts: {source!r} is not a host name, an IP or a network")
         if not 0 <= self.max_waiting <= 10_000:
             raise ConfigError(f"{prefix}.max_waiting: {self.max_waiting} is not between 0 and 10000")
+        if self.timezone:
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ConfigError(f"{prefix}.timezone: {self.timezone!r} is not an IANA time zone") from exc
+        if self.fhir_max_instances < 0:
+            raise ConfigError(f"{prefix}.fhir_max_instances: {self.fhir_max_instances} must not be negative")
 
     @property
     def configured_capabilities(self) -> Capabilities:
@@ -510,6 +524,8 @@ class Settings:
     """Longest wait for the next piece of a request body being read (408); how long an unread one is drained."""
     http_body_min_rate: int = 1024
     """Bytes per second a request body must average while the gateway waits for it (408 below); 0: none."""
+    fhir_max_count: int = 100
+    """Most ImagingStudy entries one FHIR search page carries (``_count`` above it is lowered to it)."""
 
     def __post_init__(self) -> None:
         if not self.upstreams:
@@ -531,6 +547,8 @@ class Settings:
             raise ConfigError("gateway.cache_max_bytes >= 0 and 0 <= gateway.cache_ttl <= 86400 seconds")
         if self.max_upload_bytes < 1:
             raise ConfigError(f"gateway.max_upload_bytes: {self.max_upload_bytes} must be positive")
+        if not 1 <= self.fhir_max_count <= 1000:
+            raise ConfigError(f"gateway.fhir_max_count: {self.fhir_max_count} is not between 1 and 1000")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise ConfigError(f"gateway.log_level: {self.log_level!r} is not a log level")
         store_tls_paths = {

@@ -54,9 +54,17 @@ def browser_middleware(settings: Settings) -> list[Middleware]:
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["Accept", "Authorization", "Content-Type", "X-Request-ID"],
+                allow_headers=["Accept", "Authorization", "Content-Type", "If-None-Match", "Prefer", "X-Request-ID"],
                 allow_credentials=settings.cors_allow_credentials,
-                expose_headers=["Warning", "Content-Location", "Retry-After", "WWW-Authenticate", "X-Request-ID"],
+                expose_headers=[
+                    "Warning",
+                    "Content-Location",
+                    "Retry-After",
+                    "WWW-Authenticate",
+                    "X-Request-ID",
+                    "ETag",
+                    "X-Gateway-C-Finds",
+                ],
                 max_age=settings.cors_max_age,
             )
         )

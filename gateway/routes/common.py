@@ -39,7 +39,8 @@ class ServiceRoot:
         # names no port while the gateway listens on a non-default one, with no proxy headers,
         # is such a client: name the port, or every URL in the answer would point at port 80.
         forwarded = any(h in request.headers for h in ("forwarded", "x-forwarded-host", "x-forwarded-proto"))
-        if server and ":" not in netloc.rsplit("]", 1)[-1] and not forwarded:
+        # (A server on a Unix socket has no port: ASGI gives it as None.)
+        if server and server[1] is not None and ":" not in netloc.rsplit("]", 1)[-1] and not forwarded:
             port = server[1]
             if port != {"http": 80, "https": 443}.get(request.url.scheme):
                 netloc = f"{netloc}:{port}"

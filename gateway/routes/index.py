@@ -40,6 +40,7 @@ async def describe_gateway(request: Request) -> Response:
     origin = _origin(request)
     links = {
         "dicomweb": origin + settings.base_path,
+        "fhir": origin + "/fhir",
         "openapi": origin + "/openapi.json",
         "health": origin + "/health",
         "ready": origin + "/ready",

@@ -130,14 +130,29 @@ def test_fhir_denials_are_operation_outcomes(root: str, issuer: LocalIssuer) -> 
         outcome = response.json()
         assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == code
     allowed = httpx.get(f"{fhir}/ImagingStudy", headers=bearer(issuer.token()), timeout=10)
-    assert allowed.status_code == 404  # past access control; the FHIR routes are not on this branch
+    assert allowed.status_code == 200 and allowed.json()["type"] == "searchset"
+
+
+def test_a_patient_bound_token_sees_its_patient_only_on_fhir(root: str, issuer: LocalIssuer) -> None:
+    fhir = root.replace("/dicom-web", "/fhir")
+    token = bearer(issuer.token(scope="patient/ImagingStudy.rs", patient="P3"))
+    search = httpx.get(f"{fhir}/ImagingStudy", headers=token, timeout=10).json()
+    assert [e["resource"]["id"] for e in search.get("entry", [])] == [STUDY_3]
+    other = httpx.get(f"{fhir}/ImagingStudy?patient:identifier=P4", headers=token, timeout=10).json()
+    assert other.get("entry", []) == []
+    assert httpx.get(f"{fhir}/ImagingStudy/{STUDY_3}", headers=token, timeout=10).status_code == 200
+    denied = httpx.get(f"{fhir}/ImagingStudy/{STUDY_4}", headers=token, timeout=10)
+    assert denied.status_code == 403 and denied.json()["issue"][0]["code"] == "forbidden"
+    assert 'error="insufficient_scope"' in denied.headers["www-authenticate"]
 
 
 def test_open_paths_need_no_token(root: str) -> None:
     base = root.removesuffix("/dicom-web")
     assert httpx.get(f"{base}/health", timeout=10).status_code == 200
     assert httpx.get(f"{base}/ready", timeout=10).status_code == 200
-    assert httpx.get(f"{base}/fhir/metadata", timeout=10).status_code == 404  # open, but not on this branch
+    metadata = httpx.get(f"{base}/fhir/metadata", timeout=10)
+    assert metadata.status_code == 200
+    assert metadata.json()["rest"][0]["security"]["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
     assert httpx.get(f"{base}/anything-else", timeout=10).status_code == 401
 
 

@@ -1,8 +1,8 @@
 """Publishing to a FHIR server: a real gateway in front of a real PACS, and a recording FHIR server.
 
-The ImagingStudy is built by a stand-in builder that does its own C-FINDs through the upstream's
-query client (the gateway's own builder is tested where it is defined); what is checked here is
-the publishing: the conditional PUT and the Endpoints it references reach the FHIR server after a
+Most tests build the ImagingStudy with a stand-in builder that does its own C-FINDs through the
+upstream's query client, so that they check the publishing alone (the last test runs the
+gateway's own builders end to end, and validates what reaches the FHIR server): the conditional PUT and the Endpoints it references reach the FHIR server after a
 STOW-RS, the STOW-RS answer never waits for the FHIR server, a failing or absent server gets the
 publication later, a restart loses nothing, and ``dicomweb-gateway publish`` finds studies that
 reached the PACS some other way.
@@ -36,6 +36,7 @@ from gateway.fhir.publish.upsert import StudyPublisher, dicomweb_roots
 from gateway.settings import Settings, load_settings
 from gateway.upstreams import Upstream, Upstreams
 from tests.conftest import live_gateway
+from tests.fhirchecks import validate
 from tests.fhirserver import RecordingFhirServer, serving
 
 PUBLIC_URL = "https://gateway.example.org"
@@ -284,3 +285,34 @@ def test_publish_command_publishes_studies_that_came_another_way(
         assert f"FAILED {missing}: not in the PACS" in out and "1 published, 1 failed" in out
     assert not (tmp_path / "unused-queue").exists()  # the command never touches the gateway's queue
     assert (gateway_cache / "default" / "instances" / "cached.dcm").exists()
+
+
+@pytest.mark.parametrize("version", ["R4", "R5"])
+def test_the_gateway_publishes_its_own_imaging_study_and_endpoints(
+    pacs: LocalPacs, tmp_path: Path, version: str
+) -> None:
+    """End to end with the real builders: what reaches the FHIR server is a valid, fresh ImagingStudy."""
+    study = generate_sample_studies(48, seed=5 if version == "R4" else 6)
+    two_series = next(s for s in study if len({series.modality for series in s.series}) >= 2)
+    datasets = list(iter_sample_datasets([two_series]))
+    with serving(RecordingFhirServer()) as fhir:
+        settings = publishing_settings(pacs, fhir, tmp_path / "queue", publish_version=version)
+        with live_gateway(settings) as root:  # the default publisher: gateway.fhir.publish.wiring
+            DICOMwebClient(url=root).store_instances(datasets)
+            fhir.wait_for(lambda server: identifier(two_series.study_uid) in server.studies)
+    (put,) = fhir.puts("ImagingStudy")
+    published = put.body
+    validate(published, version)
+    assert published["id"] == two_series.study_uid
+    modalities = (
+        {c["code"] for c in published["modality"]}
+        if version == "R4"
+        else {c["coding"][0]["code"] for c in published["modality"]}
+    )
+    assert modalities == {series.modality for series in two_series.series}
+    assert published["numberOfSeries"] == len(two_series.series)
+    assert sum(s["numberOfInstances"] for s in published["series"]) == len(datasets)
+    for reference in published["endpoint"]:
+        endpoint = fhir.endpoints[reference["reference"].removeprefix("Endpoint/")]
+        validate(endpoint, version)
+        assert endpoint["address"] == f"{PUBLIC_URL}/dicom-web"

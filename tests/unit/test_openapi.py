@@ -48,15 +48,16 @@ def app(settings: Settings) -> Starlette:
 
 def _app_operations(app: Starlette, settings: Settings) -> set[tuple[str, str]]:
     """(path template, method) for every route, named upstreams mapped back to ``{upstream}``."""
-    named_root = f"{settings.base_path}/upstreams/"
+    named_roots = (f"{settings.base_path}/upstreams/", "/fhir/upstreams/")
     operations: set[tuple[str, str]] = set()
     for route in app.routes:
         assert isinstance(route, Route), f"{route!r} is not a plain Route; teach this test about it"
         path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # Starlette's {name:path} is OpenAPI's {name}
-        for upstream in settings.upstreams:
-            prefix = named_root + upstream.name
-            if path == prefix or path.startswith(prefix + "/"):
-                path = named_root + "{upstream}" + path.removeprefix(prefix)
+        for named_root in named_roots:
+            for upstream in settings.upstreams:
+                prefix = named_root + upstream.name
+                if path == prefix or path.startswith(prefix + "/"):
+                    path = named_root + "{upstream}" + path.removeprefix(prefix)
         methods = set(route.methods or ())
         if "GET" in methods:
             methods.discard("HEAD")  # Starlette adds HEAD to every GET route; the spec says so once, in info
@@ -178,7 +179,7 @@ def test_qido_operations_document_their_answers(spec: dict[str, Any]) -> None:
 
 def test_stow_operations_document_their_answers(spec: dict[str, Any]) -> None:
     expected = {"200", "202", "409"} | {str(status) for status in _error_statuses()}
-    stow = [(path, item["post"]) for path, item in spec["paths"].items() if "post" in item]
+    stow = [(path, item["post"]) for path, item in spec["paths"].items() if "post" in item and "/fhir" not in path]
     assert sorted(path.removeprefix("/dicom-web") for path, _ in stow) == [
         "/studies",
         "/studies/{study}",
@@ -238,3 +239,21 @@ def test_answers_that_need_no_pacs_match_the_schemas(spec: dict[str, Any], app: 
         assert response.status_code == status, url
         assert response.headers["content-type"] == "application/json"
         error.validate(response.json())
+
+
+def test_fhir_answers_that_need_no_pacs_match_the_schemas(spec: dict[str, Any], app: Starlette) -> None:
+    for url, schema in (("/fhir/metadata", "FhirResource"), ("/fhir/upstreams/default/Endpoint", "FhirBundle")):
+        response = _get(app, url)
+        assert response.status_code == 200, url
+        assert response.headers["content-type"] == "application/fhir+json; fhirVersion=5.0"
+        _schema_validator(spec, schema).validate(response.json())
+    outcome = _schema_validator(spec, "OperationOutcome")
+    for url, headers, status in (
+        ("/fhir/ImagingStudy?started=2024-02-30", {}, 400),
+        ("/fhir/ImagingStudy?bogus=1", {"Prefer": "handling=strict"}, 400),
+        ("/fhir/Endpoint/unknown", {}, 404),
+        ("/fhir/metadata", {"Accept": "application/fhir+xml"}, 406),
+    ):
+        response = _get(app, url, **headers)
+        assert response.status_code == status, url
+        outcome.validate(response.json())

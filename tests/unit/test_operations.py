@@ -35,6 +35,7 @@ def test_root_links_to_everything() -> None:
     assert body["name"] == "dicomweb-gateway" and body["version"] == gateway.__version__
     assert body["links"] == {
         "dicomweb": "http://gw.example:8080/dicom-web",
+        "fhir": "http://gw.example:8080/fhir",
         "openapi": "http://gw.example:8080/openapi.json",
         "health": "http://gw.example:8080/health",
         "ready": "http://gw.example:8080/ready",
