@@ -1,11 +1,11 @@
 """Publishing to a FHIR server: a real gateway in front of a real PACS, and a recording FHIR server.
 
 Most tests build the ImagingStudy with a stand-in builder that does its own C-FINDs through the
-upstream's query client, so that they check the publishing alone (the last test runs the
-gateway's own builders end to end, and validates what reaches the FHIR server): the conditional PUT and the Endpoints it references reach the FHIR server after a
-STOW-RS, the STOW-RS answer never waits for the FHIR server, a failing or absent server gets the
-publication later, a restart loses nothing, and ``dicomweb-gateway publish`` finds studies that
-reached the PACS some other way.
+upstream's query client, so that they check the publishing alone: the conditional PUT and the
+Endpoints it references reach the FHIR server after a STOW-RS, the STOW-RS answer never waits for
+the FHIR server, a failing or absent server gets the publication later, a restart loses nothing,
+and ``dicomweb-gateway publish`` finds studies that reached the PACS some other way. The last
+test runs the gateway's own builders end to end and validates what reaches the FHIR server.
 """
 
 from __future__ import annotations
