@@ -237,6 +237,7 @@ def _demo(args: argparse.Namespace) -> int:
                 allow_anonymous=True,
             )
             root = f"http://{settings.host}:{settings.port}{settings.base_path}"
+            fhir = f"http://{settings.host}:{settings.port}/fhir"
             study = studies[0]
             banner = (
                 f"\nDemo PACS (pynetdicom qrscp) at {pacs.upstream} holds {len(studies)} studies, {stored} instances.\n"
@@ -250,6 +251,8 @@ def _demo(args: argparse.Namespace) -> int:
                 f"  curl '{root}/studies/{study.study_uid}/series/{study.series[0].series_uid}/metadata'\n"
                 f"  curl -o study.multipart '{root}/studies/{study.study_uid}'\n"
                 f"  curl -o thumbnail.jpg '{root}/studies/{study.study_uid}/thumbnail'\n"
+                f"  curl '{fhir}/ImagingStudy?modality=PT&_count=5'   (FHIR R5; R4 on fhirVersion=4.0)\n"
+                f"  curl '{fhir}/ImagingStudy/{study.study_uid}'\n"
                 f"or with dicomweb-client (installed with the demo) in {sys.executable}: search, then retrieve:\n"
                 f"{_client_example(root, study.study_uid)}\n"
                 "Press Ctrl-C to stop.\n"
