@@ -65,7 +65,7 @@ INSTANCES += [instance(9, 1, 1, "MR")]
 
 
 def bind_patient(app: ASGIApp, patient_id: str) -> ASGIApp:
-    """What the auth middleware will do: put the request's PatientID in the scope."""
+    """What the auth middleware does for a patient-bound token: put its PatientID in the scope."""
 
     async def bound(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -83,9 +83,12 @@ async def fhir(
     upstream = replace(settings.default_upstream, profile="orthanc" if relational else "dcmqrscp", **options)
     settings = replace(settings, upstreams=(upstream,), fhir_max_count=5)
     app = create_app(settings)
-    asgi: ASGIApp = app if patient_id is None else bind_patient(app, patient_id)
+    if patient_id is not None:
+        # Inside the access control, which answers for the scope key itself (an anonymous request
+        # is bound to no patient): what it does for a patient-bound token (tests/integration/test_auth.py).
+        app.router = bind_patient(app.router, patient_id)  # type: ignore[assignment]
     async with app.state.upstreams:
-        transport = httpx.ASGITransport(app=asgi)
+        transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield client
 
