@@ -25,6 +25,7 @@ from pynetdicom.pdu_primitives import _UI, SCP_SCU_RoleSelectionNegotiation, SOP
 from pynetdicom.presentation import PresentationContext
 
 from gateway.dimse.pool import AssociationPool, PooledAssociation
+from gateway.dimse.pynetdicom_internals import install_reactor_checkpoint, pause_reactor
 from gateway.dimse.sockets import SocketProfile, TunedAE, tls_failure
 from gateway.dimse.spool import ResultSpool
 from gateway.dimse.status import CANCEL, PENDING, SUCCESS, failure_for_status, no_response_error
@@ -33,7 +34,7 @@ from gateway.errors import GatewayError, PoolExhausted, UpstreamError, UpstreamT
 from gateway.metrics import time_dimse_operation
 from gateway.settings import UpstreamSettings
 
-__all__ = ["FIND_MODEL", "MOVE_MODEL", "UpstreamClient", "open_association", "pause_reactor", "upstream_ae"]
+__all__ = ["FIND_MODEL", "MOVE_MODEL", "UpstreamClient", "open_association", "upstream_ae"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,24 +44,6 @@ VERIFICATION = UID("1.2.840.10008.1.1")
 _TRANSFER_SYNTAXES: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 Outcome = Literal["ok", "cancelled", "failure", "timeout", "aborted"]
-
-
-def pause_reactor(assoc: Association, timeout: float = 0.005) -> None:
-    """Make sure the association's reactor thread is parked before an operation starts.
-
-    pynetdicom's ``send_*`` methods clear ``_reactor_checkpoint`` and then wait for
-    ``_is_paused``, but that flag may still be True from the reactor's previous pass while the
-    reactor is already past its wait: it then takes the first response off the queue ("Received
-    unexpected C-FIND service message") and the operation silently loses a result. Seen on
-    loopback against dcmqrscp, where answers arrive within a fraction of a millisecond. Resetting
-    the flag and waiting for the reactor to set it again proves it is parked. If it never does,
-    it was between setting the flag and waiting, and is parked as well.
-    """
-    assoc._reactor_checkpoint.clear()
-    assoc._is_paused = False
-    deadline = time.monotonic() + timeout
-    while not assoc._is_paused and time.monotonic() < deadline:
-        time.sleep(0.0001)
 
 
 def upstream_ae(settings: UpstreamSettings, ae_title: str, profile: SocketProfile) -> TunedAE:
@@ -215,11 +198,11 @@ class UpstreamClient:
     def _blocking_find(self, conn: PooledAssociation, identifier: Dataset, spool: ResultSpool) -> tuple[Outcome, int]:
         """The whole C-FIND exchange, in a worker thread."""
         assoc = conn.assoc
-        pause_reactor(assoc)
         msg_id = conn.next_message_id()
         cancel_sent = False
         waited_since = time.monotonic()
         try:
+            pause_reactor(assoc)
             responses = assoc.send_c_find(identifier, FIND_MODEL, msg_id=msg_id)
             for status, dataset in responses:
                 if not status:
@@ -238,7 +221,7 @@ class UpstreamClient:
                 if code in (SUCCESS, CANCEL):
                     return ("cancelled" if cancel_sent else "ok"), code
                 return "failure", code
-        except RuntimeError:  # "association must be established": the PACS closed it
+        except RuntimeError:  # "association must be established" (the PACS closed it), or its reactor is stuck
             return "aborted", 0
         return "aborted", 0
 
@@ -274,6 +257,7 @@ def open_association(
         evt_handlers=evt_handlers,
     )
     if assoc.is_established:
+        install_reactor_checkpoint(assoc)
         return assoc
     where = settings.address
     if assoc.is_rejected:

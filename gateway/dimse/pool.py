@@ -32,6 +32,7 @@ import anyio
 import anyio.to_thread
 from pynetdicom.association import Association
 
+from gateway.dimse.pynetdicom_internals import ReactorNotParked, pause_reactor
 from gateway.errors import PoolExhausted, UpstreamTimeout, UpstreamUnavailable
 from gateway.metrics import POOL_WAIT
 from gateway.settings import UpstreamSettings
@@ -303,6 +304,12 @@ class AssociationPool:
 def _close_association(assoc: Association, release: bool) -> None:
     try:
         if release and assoc.is_established:
+            # pynetdicom's release() trusts a pause flag that may be stale: park the reactor first.
+            try:
+                pause_reactor(assoc)
+            except ReactorNotParked:
+                assoc.abort()
+                return
             assoc.release()
         else:
             assoc.abort()

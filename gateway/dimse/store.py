@@ -51,8 +51,9 @@ from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from gateway.dimse.client import open_association, pause_reactor, upstream_ae
+from gateway.dimse.client import open_association, upstream_ae
 from gateway.dimse.pool import AssociationPool, PooledAssociation
+from gateway.dimse.pynetdicom_internals import pause_reactor
 from gateway.dimse.sockets import SocketProfile
 from gateway.dimse.status import describe_status
 from gateway.metrics import time_dimse_operation
