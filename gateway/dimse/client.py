@@ -21,11 +21,11 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.events import EventHandlerType
-from pynetdicom.pdu_primitives import _UI, SCP_SCU_RoleSelectionNegotiation, SOPClassExtendedNegotiation
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation, SOPClassExtendedNegotiation
 from pynetdicom.presentation import PresentationContext
 
 from gateway.dimse.pool import AssociationPool, PooledAssociation
-from gateway.dimse.pynetdicom_internals import install_reactor_checkpoint, pause_reactor
+from gateway.dimse.pynetdicom_internals import NegotiationItem, on_gateway_behalf, pause_reactor
 from gateway.dimse.sockets import SocketProfile, TunedAE, tls_failure
 from gateway.dimse.spool import ResultSpool
 from gateway.dimse.status import CANCEL, PENDING, SUCCESS, failure_for_status, no_response_error
@@ -78,7 +78,7 @@ class UpstreamClient:
         negotiation = SOPClassExtendedNegotiation()
         negotiation.sop_class_uid = FIND_MODEL
         negotiation.service_class_application_information = b"\x01\x01" + (b"\x01" if fuzzy_matching else b"\x00")
-        self._ext_neg: list[_UI] = [negotiation]
+        self._ext_neg: list[NegotiationItem] = [negotiation]
         self._limiter = anyio.CapacityLimiter(settings.max_associations + 2)
         self.pool = AssociationPool(settings, self._open_query_association, self._limiter)
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -105,7 +105,7 @@ class UpstreamClient:
         ae: TunedAE,
         contexts: list[PresentationContext],
         *,
-        ext_neg: Sequence[_UI | SCP_SCU_RoleSelectionNegotiation] = (),
+        ext_neg: Sequence[NegotiationItem | SCP_SCU_RoleSelectionNegotiation] = (),
         evt_handlers: list[EventHandlerType] | None = None,
     ) -> Association:
         """Blocking: establish a new association to this upstream; see :func:`open_association`."""
@@ -120,6 +120,7 @@ class UpstreamClient:
     async def _echo(self) -> None:
         conn = await self.pool.acquire()
 
+        @on_gateway_behalf()
         def send_c_echo() -> Dataset:
             pause_reactor(conn.assoc)
             return conn.assoc.send_c_echo()
@@ -195,6 +196,7 @@ class UpstreamClient:
         finally:
             spool.finish(error)
 
+    @on_gateway_behalf()
     def _blocking_find(self, conn: PooledAssociation, identifier: Dataset, spool: ResultSpool) -> tuple[Outcome, int]:
         """The whole C-FIND exchange, in a worker thread."""
         assoc = conn.assoc
@@ -226,12 +228,13 @@ class UpstreamClient:
         return "aborted", 0
 
 
+@on_gateway_behalf()
 def open_association(
     settings: UpstreamSettings,
     ae: TunedAE,
     contexts: list[PresentationContext],
     *,
-    ext_neg: Sequence[_UI | SCP_SCU_RoleSelectionNegotiation] = (),
+    ext_neg: Sequence[NegotiationItem | SCP_SCU_RoleSelectionNegotiation] = (),
     evt_handlers: list[EventHandlerType] | None = None,
 ) -> Association:
     """Blocking: establish a new association to the upstream of `settings` (runs in a worker thread).
@@ -257,7 +260,6 @@ def open_association(
         evt_handlers=evt_handlers,
     )
     if assoc.is_established:
-        install_reactor_checkpoint(assoc)
         return assoc
     where = settings.address
     if assoc.is_rejected:

@@ -32,7 +32,7 @@ import anyio
 import anyio.to_thread
 from pynetdicom.association import Association
 
-from gateway.dimse.pynetdicom_internals import ReactorNotParked, pause_reactor
+from gateway.dimse.pynetdicom_internals import ReactorNotParked, pause_reactor, wake_waiting_operation
 from gateway.errors import PoolExhausted, UpstreamTimeout, UpstreamUnavailable
 from gateway.metrics import POOL_WAIT
 from gateway.settings import UpstreamSettings
@@ -281,7 +281,7 @@ class AssociationPool:
         """
         deadline = time.monotonic() + self.settings.acse_timeout
         while conn in self._in_use and time.monotonic() < deadline:
-            conn.assoc.dimse.msg_queue.put((None, None))
+            wake_waiting_operation(conn.assoc)
             time.sleep(0.05)
 
     def stats(self) -> PoolStats:

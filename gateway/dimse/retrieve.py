@@ -31,7 +31,7 @@ from pynetdicom.events import Event
 
 from gateway.dimse.client import MOVE_MODEL, UpstreamClient, upstream_ae
 from gateway.dimse.pool import AssociationPool, PooledAssociation
-from gateway.dimse.pynetdicom_internals import ReactorNotParked, pause_reactor
+from gateway.dimse.pynetdicom_internals import ReactorNotParked, on_gateway_behalf, pause_reactor
 from gateway.dimse.refusals import RefusalLog
 from gateway.dimse.sockets import SocketProfile
 from gateway.dimse.status import CANCEL, PENDING, SUCCESS, no_response_error
@@ -171,6 +171,7 @@ class RetrieveClient:
         finally:
             transfer.finish(error)
 
+    @on_gateway_behalf()
     def _blocking_get(self, conn: PooledAssociation, identifier: Dataset, transfer: Transfer) -> Outcome:
         assoc = conn.assoc
         with self._receiving_lock:
@@ -185,6 +186,7 @@ class RetrieveClient:
             with self._receiving_lock:
                 self._receiving.pop(assoc, None)
 
+    @on_gateway_behalf()
     def _blocking_move(self, conn: PooledAssociation, identifier: Dataset, transfer: Transfer) -> Outcome:
         assert self._router is not None
         assoc = conn.assoc
