@@ -121,8 +121,12 @@ class Transfer:
 
     @property
     def lost(self) -> int:
-        """Instances the PACS failed to send, or sent unreadable, so far."""
-        return self.counts.failed + self.rejected
+        """Instances the PACS failed to send, or sent unreadable, so far.
+
+        The PACS counts the instances refused as outside :attr:`scope` among its failed
+        sub-operations: they were not asked for, so they are not lost.
+        """
+        return max(self.counts.failed - self.refused, 0) + self.rejected
 
     @property
     def cancelled(self) -> bool:
