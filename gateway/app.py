@@ -24,7 +24,7 @@ from gateway.auth.ownership import StudyOwnership
 from gateway.auth.smart import smart_routes
 from gateway.auth.tokens import Authenticator
 from gateway.concurrency import first_gateway_error
-from gateway.dimse import sockets, storage
+from gateway.dimse import sockets
 from gateway.dimse.pool import begin_request
 from gateway.errors import GatewayError, UpstreamError
 from gateway.fhir.publish.publisher import Publisher, PublisherFactory
@@ -218,7 +218,6 @@ def create_app(settings: Settings, *, publisher_factory: PublisherFactory | None
     while the lifespan does.
     """
     sockets.install()
-    storage.receive_into_files()
     upstreams = Upstreams(settings)
     authenticator = Authenticator(settings.auth) if settings.auth.enabled else None
     ownership = StudyOwnership()

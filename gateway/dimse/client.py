@@ -21,10 +21,11 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.events import EventHandlerType
-from pynetdicom.pdu_primitives import _UI, SCP_SCU_RoleSelectionNegotiation, SOPClassExtendedNegotiation
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation, SOPClassExtendedNegotiation
 from pynetdicom.presentation import PresentationContext
 
 from gateway.dimse.pool import AssociationPool, PooledAssociation
+from gateway.dimse.pynetdicom_internals import NegotiationItem, on_gateway_behalf, pause_reactor
 from gateway.dimse.sockets import SocketProfile, TunedAE, tls_failure
 from gateway.dimse.spool import ResultSpool
 from gateway.dimse.status import CANCEL, PENDING, SUCCESS, failure_for_status, no_response_error
@@ -33,7 +34,7 @@ from gateway.errors import GatewayError, PoolExhausted, UpstreamError, UpstreamT
 from gateway.metrics import time_dimse_operation
 from gateway.settings import UpstreamSettings
 
-__all__ = ["FIND_MODEL", "MOVE_MODEL", "UpstreamClient", "open_association", "pause_reactor", "upstream_ae"]
+__all__ = ["FIND_MODEL", "MOVE_MODEL", "UpstreamClient", "open_association", "upstream_ae"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,24 +44,6 @@ VERIFICATION = UID("1.2.840.10008.1.1")
 _TRANSFER_SYNTAXES: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 Outcome = Literal["ok", "cancelled", "failure", "timeout", "aborted"]
-
-
-def pause_reactor(assoc: Association, timeout: float = 0.005) -> None:
-    """Make sure the association's reactor thread is parked before an operation starts.
-
-    pynetdicom's ``send_*`` methods clear ``_reactor_checkpoint`` and then wait for
-    ``_is_paused``, but that flag may still be True from the reactor's previous pass while the
-    reactor is already past its wait: it then takes the first response off the queue ("Received
-    unexpected C-FIND service message") and the operation silently loses a result. Seen on
-    loopback against dcmqrscp, where answers arrive within a fraction of a millisecond. Resetting
-    the flag and waiting for the reactor to set it again proves it is parked. If it never does,
-    it was between setting the flag and waiting, and is parked as well.
-    """
-    assoc._reactor_checkpoint.clear()
-    assoc._is_paused = False
-    deadline = time.monotonic() + timeout
-    while not assoc._is_paused and time.monotonic() < deadline:
-        time.sleep(0.0001)
 
 
 def upstream_ae(settings: UpstreamSettings, ae_title: str, profile: SocketProfile) -> TunedAE:
@@ -95,7 +78,7 @@ class UpstreamClient:
         negotiation = SOPClassExtendedNegotiation()
         negotiation.sop_class_uid = FIND_MODEL
         negotiation.service_class_application_information = b"\x01\x01" + (b"\x01" if fuzzy_matching else b"\x00")
-        self._ext_neg: list[_UI] = [negotiation]
+        self._ext_neg: list[NegotiationItem] = [negotiation]
         self._limiter = anyio.CapacityLimiter(settings.max_associations + 2)
         self.pool = AssociationPool(settings, self._open_query_association, self._limiter)
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -122,7 +105,7 @@ class UpstreamClient:
         ae: TunedAE,
         contexts: list[PresentationContext],
         *,
-        ext_neg: Sequence[_UI | SCP_SCU_RoleSelectionNegotiation] = (),
+        ext_neg: Sequence[NegotiationItem | SCP_SCU_RoleSelectionNegotiation] = (),
         evt_handlers: list[EventHandlerType] | None = None,
     ) -> Association:
         """Blocking: establish a new association to this upstream; see :func:`open_association`."""
@@ -137,6 +120,7 @@ class UpstreamClient:
     async def _echo(self) -> None:
         conn = await self.pool.acquire()
 
+        @on_gateway_behalf()
         def send_c_echo() -> Dataset:
             pause_reactor(conn.assoc)
             return conn.assoc.send_c_echo()
@@ -212,14 +196,15 @@ class UpstreamClient:
         finally:
             spool.finish(error)
 
+    @on_gateway_behalf()
     def _blocking_find(self, conn: PooledAssociation, identifier: Dataset, spool: ResultSpool) -> tuple[Outcome, int]:
         """The whole C-FIND exchange, in a worker thread."""
         assoc = conn.assoc
-        pause_reactor(assoc)
         msg_id = conn.next_message_id()
         cancel_sent = False
         waited_since = time.monotonic()
         try:
+            pause_reactor(assoc)
             responses = assoc.send_c_find(identifier, FIND_MODEL, msg_id=msg_id)
             for status, dataset in responses:
                 if not status:
@@ -238,17 +223,18 @@ class UpstreamClient:
                 if code in (SUCCESS, CANCEL):
                     return ("cancelled" if cancel_sent else "ok"), code
                 return "failure", code
-        except RuntimeError:  # "association must be established": the PACS closed it
+        except RuntimeError:  # "association must be established" (the PACS closed it), or its reactor is stuck
             return "aborted", 0
         return "aborted", 0
 
 
+@on_gateway_behalf()
 def open_association(
     settings: UpstreamSettings,
     ae: TunedAE,
     contexts: list[PresentationContext],
     *,
-    ext_neg: Sequence[_UI | SCP_SCU_RoleSelectionNegotiation] = (),
+    ext_neg: Sequence[NegotiationItem | SCP_SCU_RoleSelectionNegotiation] = (),
     evt_handlers: list[EventHandlerType] | None = None,
 ) -> Association:
     """Blocking: establish a new association to the upstream of `settings` (runs in a worker thread).

@@ -32,6 +32,7 @@ import anyio
 import anyio.to_thread
 from pynetdicom.association import Association
 
+from gateway.dimse.pynetdicom_internals import ReactorNotParked, pause_reactor, wake_waiting_operation
 from gateway.errors import PoolExhausted, UpstreamTimeout, UpstreamUnavailable
 from gateway.metrics import POOL_WAIT
 from gateway.settings import UpstreamSettings
@@ -280,7 +281,7 @@ class AssociationPool:
         """
         deadline = time.monotonic() + self.settings.acse_timeout
         while conn in self._in_use and time.monotonic() < deadline:
-            conn.assoc.dimse.msg_queue.put((None, None))
+            wake_waiting_operation(conn.assoc)
             time.sleep(0.05)
 
     def stats(self) -> PoolStats:
@@ -303,6 +304,12 @@ class AssociationPool:
 def _close_association(assoc: Association, release: bool) -> None:
     try:
         if release and assoc.is_established:
+            # pynetdicom's release() trusts a pause flag that may be stale: park the reactor first.
+            try:
+                pause_reactor(assoc)
+            except ReactorNotParked:
+                assoc.abort()
+                return
             assoc.release()
         else:
             assoc.abort()

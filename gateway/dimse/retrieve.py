@@ -29,8 +29,9 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
-from gateway.dimse.client import MOVE_MODEL, UpstreamClient, pause_reactor, upstream_ae
+from gateway.dimse.client import MOVE_MODEL, UpstreamClient, upstream_ae
 from gateway.dimse.pool import AssociationPool, PooledAssociation
+from gateway.dimse.pynetdicom_internals import ReactorNotParked, on_gateway_behalf, pause_reactor
 from gateway.dimse.refusals import RefusalLog
 from gateway.dimse.sockets import SocketProfile
 from gateway.dimse.status import CANCEL, PENDING, SUCCESS, no_response_error
@@ -170,12 +171,14 @@ class RetrieveClient:
         finally:
             transfer.finish(error)
 
+    @on_gateway_behalf()
     def _blocking_get(self, conn: PooledAssociation, identifier: Dataset, transfer: Transfer) -> Outcome:
         assoc = conn.assoc
         with self._receiving_lock:
             self._receiving[assoc] = transfer
         try:
-            pause_reactor(assoc)
+            if not _paused(assoc):
+                return "aborted"
             msg_id = conn.next_message_id()
             responses = assoc.send_c_get(identifier, GET_MODEL, msg_id=msg_id)
             return self._follow(assoc, responses, msg_id, GET_MODEL, transfer)
@@ -183,6 +186,7 @@ class RetrieveClient:
             with self._receiving_lock:
                 self._receiving.pop(assoc, None)
 
+    @on_gateway_behalf()
     def _blocking_move(self, conn: PooledAssociation, identifier: Dataset, transfer: Transfer) -> Outcome:
         assert self._router is not None
         assoc = conn.assoc
@@ -190,7 +194,8 @@ class RetrieveClient:
         # it is how the storage SCP tells whose instance has arrived.
         msg_id = self._router.register(transfer, self.settings)
         try:
-            pause_reactor(assoc)
+            if not _paused(assoc):
+                return "aborted"
             responses = assoc.send_c_move(identifier, self._ae_title, MOVE_MODEL, msg_id=msg_id)
             return self._follow(assoc, responses, msg_id, MOVE_MODEL, transfer)
         finally:
@@ -232,3 +237,13 @@ class RetrieveClient:
         except RuntimeError:  # "association must be established": the PACS closed it
             return "aborted"
         return "aborted"
+
+
+def _paused(assoc: Association) -> bool:
+    """Park `assoc`'s reactor for an operation; False if it would not (the association is unusable)."""
+    try:
+        pause_reactor(assoc)
+    except ReactorNotParked:
+        logger.warning("an association's reactor did not pause; giving the association up")
+        return False
+    return True

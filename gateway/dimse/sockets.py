@@ -9,7 +9,8 @@ associations that carry C-GET data use :attr:`SocketProfile.BULK`.
 
 pynetdicom creates its sockets in ``AssociationSocket``; :func:`install` swaps in a subclass that
 applies the profile of the :class:`TunedAE` that owns the association. Associations of any other
-AE keep pynetdicom's defaults for those options.
+AE keep pynetdicom's defaults for those options. How pynetdicom's internals are reached is
+:mod:`gateway.dimse.pynetdicom_internals`' business.
 
 Every association, whatever its AE, also gets a bound on each network wait once connected:
 pynetdicom leaves a requested association's socket blocking without a timeout, so a PACS that
@@ -37,11 +38,10 @@ import socket
 import ssl
 from typing import Any
 
-import pynetdicom._config
-import pynetdicom.ae
-import pynetdicom.transport
 from pynetdicom import AE, evt
 from pynetdicom.transport import AddressInformation, AssociationSocket
+
+from gateway.dimse import pynetdicom_internals
 
 __all__ = ["SocketProfile", "TlsSocket", "TunedAE", "install", "stall_timeout", "tls_failure"]
 
@@ -84,6 +84,7 @@ class TunedAE(AE):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        pynetdicom_internals.adopt(self)
         self.socket_profile = socket_profile
         self.tls_args = tls_args
         """``(context, server_hostname)`` for DICOM TLS on the associations it requests, or None."""
@@ -137,6 +138,7 @@ class _Waker:
 class _TunedAssociationSocket(AssociationSocket):
     def __init__(self, assoc: Any, client_socket: socket.socket | None = None, address: Any = None) -> None:
         super().__init__(assoc, client_socket=client_socket, address=address)
+        pynetdicom_internals.check_socket(self)
         self._waker: _Waker | None = None
         self.tls_error: OSError | None = None
         profile = self._profile()
@@ -144,7 +146,9 @@ class _TunedAssociationSocket(AssociationSocket):
             client_socket.settimeout(stall_timeout(assoc))
             if profile is not None:
                 client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if profile is not None:
+        if profile is not None:  # one of the gateway's associations; its reactor has not started yet
+            pynetdicom_internals.install_reactor_checkpoint(assoc)
+            pynetdicom_internals.quiet_association(assoc)
             self._wake_on_send(assoc.dul)
 
     def _wake_on_send(self, dul: Any) -> None:
@@ -158,15 +162,7 @@ class _TunedAssociationSocket(AssociationSocket):
         a second instead of 1,000.
         """
         waker = self._waker = _Waker()
-        outgoing = dul.to_provider_queue
-        put = outgoing.put
-
-        def put_and_wake(item: Any, block: bool = True, timeout: float | None = None) -> None:
-            put(item, block, timeout)
-            waker.wake()
-
-        outgoing.put = put_and_wake
-        dul._run_loop_delay = 0
+        pynetdicom_internals.wake_dul_on_send(dul, waker.wake)
 
     def connect(self, primitive: Any) -> None:
         """Connect, over TLS keep why the handshake failed, then bound every wait on the connection.
@@ -309,18 +305,5 @@ class _TunedAssociationSocket(AssociationSocket):
 
 
 def install() -> None:
-    """Make pynetdicom create tuned sockets for the associations a :class:`TunedAE` requests.
-
-    Also stops pynetdicom from formatting every request and response identifier for its log: it
-    does so whatever the log level, which costs more CPU than decoding the answers, and it decodes
-    every element on the way, which defeats the gateway's fast path to DICOM JSON. Call it after
-    logging is configured: pynetdicom's own log handlers stay on when its logger shows debug.
-    """
-    pynetdicom.ae.AssociationSocket = _TunedAssociationSocket  # type: ignore[attr-defined]
-    pynetdicom.transport.AssociationSocket = _TunedAssociationSocket  # type: ignore[misc]  # accepted ones
-    pynetdicom._config.LOG_REQUEST_IDENTIFIERS = False
-    pynetdicom._config.LOG_RESPONSE_IDENTIFIERS = False
-    # Its standard handlers describe every PDU and DIMSE message as it goes, at any log level:
-    # 6% of the CPU of a C-GET. Only worth it when someone reads pynetdicom's debug log.
-    verbose = logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG)
-    pynetdicom._config.LOG_HANDLER_LEVEL = "standard" if verbose else "none"
+    """Make pynetdicom create tuned sockets for the associations a :class:`TunedAE` requests or accepts."""
+    pynetdicom_internals.install_socket_class(_TunedAssociationSocket)

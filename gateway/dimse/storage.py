@@ -13,7 +13,6 @@ they arrive, and decodes only when a client asks for what needs it (frames, rend
 
 from __future__ import annotations
 
-import pynetdicom._config
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -39,7 +38,6 @@ from gateway.settings import ConfigError, UpstreamSettings
 
 __all__ = [
     "RECEIVED_TRANSFER_SYNTAXES",
-    "receive_into_files",
     "storage_contexts",
     "storage_roles",
     "storage_sop_classes",
@@ -92,12 +90,3 @@ def storage_contexts(sop_class_uids: tuple[UID, ...]) -> list[PresentationContex
 def storage_roles(sop_class_uids: tuple[UID, ...]) -> list[SCP_SCU_RoleSelectionNegotiation]:
     """SCP/SCU role selection (PS3.7 D.3.3.4): the gateway is the storage SCP within a C-GET."""
     return [build_role(uid, scp_role=True) for uid in sop_class_uids]
-
-
-def receive_into_files() -> None:
-    """Make pynetdicom write each received instance to a file as its fragments arrive.
-
-    Otherwise it gathers the whole instance in memory, and then a copy of it: a 1 GB multi-frame
-    instance would take 2 GB. The gateway moves the file into its cache instead (one rename).
-    """
-    pynetdicom._config.STORE_RECV_CHUNKED_DATASET = True

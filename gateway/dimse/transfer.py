@@ -1,10 +1,10 @@
 """One retrieve (C-GET or C-MOVE): the instances it brings in, and how it ended.
 
 The DIMSE side runs in worker threads: instances arrive through :meth:`Transfer.receive` (on
-the C-GET association itself, or on the storage SCP's association for a C-MOVE), are moved next
-to the :class:`~gateway.retrieve.cache.InstanceCache` and queued for the HTTP side, which admits
-them into the cache and iterates them as they come. Memory holds only the queue of paths, never
-the instances.
+the C-GET association itself, or on the storage SCP's association for a C-MOVE), are handed to
+an :class:`InstanceSink` (the retrieve cache, which lives in ``gateway.retrieve``: this package
+speaks DIMSE only) and queued for the consumer, which iterates them as they come. Memory holds
+only the queue of paths, never the instances.
 
 Every instance is checked as it is received, before the PACS gets its C-STORE response and
 before any consumer sees it: its header must be readable, name the SOP instance the C-STORE
@@ -14,23 +14,20 @@ something else, or a forger who got past the storage SCP's checks, gets a failur
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
-import anyio.to_thread
 from pydicom.dataset import Dataset
 
 from gateway.dimse.refusals import RefusalLog
 from gateway.dimse.spool import ResultSpool
 from gateway.part10 import InstanceHeader, NotDicom, read_instance_header
-from gateway.retrieve.cache import CachedInstance, InstanceCache
 
-__all__ = ["CANNOT_UNDERSTAND", "NOT_AUTHORIZED", "Scope", "SubOperations", "Transfer"]
+__all__ = ["CANNOT_UNDERSTAND", "NOT_AUTHORIZED", "InstanceSink", "Scope", "SubOperations", "Transfer"]
 
-logger = logging.getLogger(__name__)
 
 _STORE_SUCCESS = 0x0000
 NOT_AUTHORIZED = 0x0124
@@ -57,13 +54,21 @@ class Scope:
             return f"it is not instance {self.instance}"
         return None
 
-    def holds(self, entry: CachedInstance) -> bool:
-        """True if a cached instance is inside this scope."""
-        return (
-            entry.study_uid == self.study
-            and self.series in (None, entry.series_uid)
-            and self.instance in (None, entry.sop_instance_uid)
-        )
+    def holds(self, study: str, series: str, instance: str) -> bool:
+        """True if the instance with these UIDs is inside this scope."""
+        return study == self.study and self.series in (None, series) and self.instance in (None, instance)
+
+
+class InstanceSink(Protocol):
+    """Where the instances a retrieve receives go (the retrieve cache implements it)."""
+
+    def stage(self, received: Path) -> Path:
+        """Take a just-received, checked Part 10 file; return where it is now.
+
+        Blocking, in the DIMSE thread, while the PACS waits for the C-STORE response: keep it
+        short (a rename).
+        """
+        ...
 
 
 @dataclass
@@ -92,23 +97,24 @@ class Transfer:
 
     Parameters
     ----------
-    cache : InstanceCache
-        Where each received instance is kept.
+    sink : InstanceSink
+        Where each received instance goes.
     description : str
         What is retrieved, for log lines (``study 1.2.3``).
     scope : Scope
         What is retrieved: every received instance must belong to it.
     """
 
-    def __init__(self, cache: InstanceCache, description: str, scope: Scope) -> None:
-        self.cache = cache
+    def __init__(self, sink: InstanceSink, description: str, scope: Scope) -> None:
+        self.sink = sink
         self.description = description
         self.scope = scope
         self.counts = SubOperations()
         self.final_status: int | None = None
         self.received = 0
         self.rejected = 0
-        """Instances received unreadable, or not the instance their C-STORE named: lost."""
+        """Instances received unreadable, or not the instance their C-STORE named, or turned down by
+        the consumer (outside the scope by the sink's records): lost."""
         self.refused = 0
         """Instances received outside :attr:`scope`: not what was asked for, not lost."""
         self._spool = ResultSpool(memory_items=sys.maxsize)  # records are small: never spill
@@ -118,9 +124,9 @@ class Transfer:
         """Instances the PACS failed to send, or sent unreadable, so far.
 
         The PACS counts the instances refused as outside :attr:`scope` among its failed
-        sub-operations (the gateway answered them with a failure status); they are not lost.
+        sub-operations: they were not asked for, so they are not lost.
         """
-        return max(0, self.counts.failed - self.refused) + self.rejected
+        return max(self.counts.failed - self.refused, 0) + self.rejected
 
     @property
     def cancelled(self) -> bool:
@@ -131,8 +137,8 @@ class Transfer:
         """Take one received Part 10 file (blocking; DIMSE thread); returns the C-STORE status.
 
         Reads the file's header (it stops after the UIDs, so this costs the same for any size)
-        and checks it against the C-STORE request and :attr:`scope`, then moves the file into the
-        cache's staging area. Anything refused is deleted, counted and logged through `refusals`
+        and checks it against the C-STORE request and :attr:`scope`, then hands the file to the
+        sink. Anything refused is deleted, counted and logged through `refusals`
         with the `peer` that sent it.
         """
         try:
@@ -162,7 +168,7 @@ class Transfer:
                 peer, "%s: refused instance %s from %s: %s", self.description, header.sop_instance_uid, peer, reason
             )
             return NOT_AUTHORIZED
-        staged = self.cache.stage(path)
+        staged = self.sink.stage(path)
         self.received += 1
         if not self._spool.put(replace(header, path=staged)):
             staged.unlink(missing_ok=True)
@@ -177,31 +183,10 @@ class Transfer:
         for header in self._spool.cancel():
             header.path.unlink(missing_ok=True)
 
-    async def __aiter__(self) -> AsyncIterator[CachedInstance]:
-        """Each instance as it arrives, pinned: the consumer releases it with ``cache.release``.
+    async def __aiter__(self) -> AsyncIterator[InstanceHeader]:
+        """Each instance as it arrives and was checked, with the path the sink staged it at.
 
-        The cache may answer with the copy it already held (see
-        :meth:`~gateway.retrieve.cache.InstanceCache.admit`); one that is outside :attr:`scope`
-        then is counted in :attr:`rejected` and skipped, and an instance that came twice is
-        yielded once. Raises the operation's error, if any, after the last instance.
+        Raises the operation's error, if any, after the last instance.
         """
-        yielded: set[str] = set()
         async for header in self._spool:
-            entry = await anyio.to_thread.run_sync(self.cache.admit, header.path, header)
-            if entry.sop_instance_uid in yielded:
-                self.cache.release(entry)
-                logger.warning("%s: instance %s arrived twice; sent once", self.description, entry.sop_instance_uid)
-                continue
-            if not self.scope.holds(entry):
-                self.cache.release(entry)
-                self.rejected += 1
-                logger.error(
-                    "%s: instance %s is cached as part of series %s of study %s; not served here",
-                    self.description,
-                    entry.sop_instance_uid,
-                    entry.series_uid,
-                    entry.study_uid,
-                )
-                continue
-            yielded.add(entry.sop_instance_uid)
-            yield entry
+            yield header

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
+import anyio.to_thread
 from pydicom.dataset import Dataset
 
 from gateway.dimse.client import UpstreamClient
@@ -83,6 +84,35 @@ class RetrieveService:
         self.retriever.start(target.identifier(), transfer)
         return transfer
 
+    async def _admitted(self, transfer: Transfer) -> AsyncIterator[CachedInstance]:
+        """Each instance of `transfer` as it arrives, admitted into the cache and pinned.
+
+        The consumer releases it with ``cache.release``. The cache may answer with the copy it
+        already held (see :meth:`~gateway.retrieve.cache.InstanceCache.admit`); one that is outside
+        the transfer's scope then is counted as rejected and skipped, and an instance that came
+        twice is yielded once. Raises the operation's error, if any, after the last instance.
+        """
+        yielded: set[str] = set()
+        async for header in transfer:
+            entry = await anyio.to_thread.run_sync(self.cache.admit, header.path, header)
+            if entry.sop_instance_uid in yielded:
+                self.cache.release(entry)
+                logger.warning("%s: instance %s arrived twice; sent once", transfer.description, entry.sop_instance_uid)
+                continue
+            if not transfer.scope.holds(entry.study_uid, entry.series_uid, entry.sop_instance_uid):
+                self.cache.release(entry)
+                transfer.rejected += 1
+                logger.error(
+                    "%s: instance %s is cached as part of series %s of study %s; not served here",
+                    transfer.description,
+                    entry.sop_instance_uid,
+                    entry.series_uid,
+                    entry.study_uid,
+                )
+                continue
+            yielded.add(entry.sop_instance_uid)
+            yield entry
+
     async def matching(self, target: Target, transfer: Transfer) -> AsyncIterator[CachedInstance]:
         """The instances of `transfer` that `target` names; the others are released, and logged.
 
@@ -91,7 +121,7 @@ class RetrieveService:
         series S. What the URL names is answered, as Orthanc's own DICOMweb does: nothing of
         another study or series.
         """
-        async for entry in transfer:
+        async for entry in self._admitted(transfer):
             if target.names(entry):
                 yield entry
                 continue

@@ -266,8 +266,11 @@ def tls_connection(pki: Pki) -> Iterator[_Pair]:
 
 def _association_socket(sock: socket.socket, profile: SocketProfile) -> sockets._TunedAssociationSocket:
     """The gateway's association socket around a connected `sock`, as for an accepted association."""
-    dul = SimpleNamespace(event_queue=queue.Queue(), to_provider_queue=queue.Queue())
-    assoc = SimpleNamespace(dul=dul, ae=TunedAE(ae_title="GATEWAY", socket_profile=profile))
+    dul = SimpleNamespace(event_queue=queue.Queue(), to_provider_queue=queue.Queue(), _run_loop_delay=0.001)
+    ae = TunedAE(ae_title="GATEWAY", socket_profile=profile)
+    assoc = SimpleNamespace(
+        dul=dul, ae=ae, get_handlers=lambda event: [], _reactor_checkpoint=threading.Event(), _is_paused=False
+    )
     return sockets._TunedAssociationSocket(assoc, client_socket=sock)
 
 
