@@ -246,6 +246,15 @@ class Searcher:
         self._output_derived = (
             _DERIVED_TAGS - {_SOP_CLASSES_TAG} if output is None else frozenset(output & _DERIVED_TAGS)
         )
+        # A hierarchical PACS that answers IMAGE C-FINDs by study gives a study's modalities and
+        # counts in one C-FIND, as many as matching ModalitiesInStudy takes SERIES C-FINDs: so the
+        # candidates are counted while they are matched, and the page needs no C-FIND of its own.
+        self._count_while_matching = (
+            bool(caps.instances_by_study)
+            and not caps.relational
+            and not self._trusted
+            and _STUDY_INSTANCES_TAG in self._output_derived
+        )
         self._batch_is_page = False
         self._keys_at: dict[QueryLevel, list[MatchKey]] = {}
         for level in plan.levels:
@@ -373,7 +382,10 @@ class Searcher:
     async def _matching(self, batch: list[Dataset], level: QueryLevel) -> list[Dataset]:
         """The datasets of `batch` that satisfy the keys the gateway checks at `level`."""
         keys = self._keys_at[level]
-        await self._complete(batch, frozenset(k.tag for k in keys) & _DERIVED_TAGS)
+        tags = frozenset(k.tag for k in keys) & _DERIVED_TAGS
+        if self._count_while_matching and tags & _STUDY_DERIVED_TAGS:
+            tags |= self._output_derived & _STUDY_DERIVED_TAGS
+        await self._complete(batch, tags)
         return [ds for ds in batch if all(self._satisfies(ds, key) for key in keys)]
 
     def _satisfies(self, dataset: Dataset, key: MatchKey) -> bool:

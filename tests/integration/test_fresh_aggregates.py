@@ -255,12 +255,15 @@ def test_hierarchical_pacs_counts_a_study_by_one_image_c_find() -> None:
     assert by_study_finds == {"STUDY": 1, "IMAGE": 7}
 
 
-def test_hierarchical_pacs_counts_by_study_only_the_matches() -> None:
-    answers, finds = hierarchical_answers(True, "/studies", ModalitiesInStudy="PT")
+@pytest.mark.parametrize("by_study", [False, True], ids=["per-series", "by-study"])
+def test_hierarchical_pacs_matches_modalities_with_one_c_find_per_study(by_study: bool) -> None:
+    answers, finds = hierarchical_answers(by_study, "/studies", ModalitiesInStudy="PT")
     assert [value(r, "0020000D") for r in answers] == [PET_CT]
     assert_fresh_pet_ct(answers[0])
-    # The modalities of every study (one SERIES C-FIND each), the instances of the match only.
-    assert finds == {"STUDY": 1, "SERIES": 7, "IMAGE": 1}
+    assert value(answers[0], "00201208") == 5
+    # The modalities of every study by one SERIES C-FIND each, then the match's instances by one
+    # IMAGE C-FIND per series; or (by study) one IMAGE C-FIND per study, which gives both.
+    assert finds == ({"STUDY": 1, "IMAGE": 7} if by_study else {"STUDY": 1, "SERIES": 7, "IMAGE": 2})
 
 
 @pytest.mark.parametrize("by_study", [False, True], ids=["per-series", "by-study"])
