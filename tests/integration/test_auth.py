@@ -192,7 +192,7 @@ def test_a_patient_bound_search_drops_what_a_sloppy_pacs_matched(
     root: str, issuer: LocalIssuer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     matches = tests.fakepacs._matches
-    monkeypatch.setattr(tests.fakepacs, "_matches", lambda k, w, i: k == "PatientID" or matches(k, w, i))
+    monkeypatch.setattr(tests.fakepacs, "_matches", lambda k, w, i, *held: k == "PatientID" or matches(k, w, i, *held))
     token = bearer(issuer.token(scope="patient/ImagingStudy.rs", patient="P3"))
     assert study_uids(httpx.get(f"{root}/studies", headers=token, timeout=10)) == {STUDY_3}
 
