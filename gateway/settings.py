@@ -230,6 +230,11 @@ class Capabilities:
     """Fuzzy semantic matching of person names (negotiated with extended negotiation)."""
     uid_list_matching: bool | None = None
     """UID lists (``StudyInstanceUID=1.2\\1.3``, PS3.4 C.2.2.2.2); pynetdicom's qrscp fails them (0xC320)."""
+    instances_by_study: bool | None = None
+    """An IMAGE C-FIND with the StudyInstanceUID alone (SeriesInstanceUID universal) answers every
+    instance of the study with its SeriesInstanceUID and Modality. Not required of a hierarchical
+    PACS (PS3.4 C.4.1.2.1 wants the series UID too), but dcmqrscp and pynetdicom's qrscp do it:
+    one such C-FIND then counts a study's instances by series, instead of one C-FIND per series."""
 
     def merged(self, overrides: Capabilities) -> Capabilities:
         """Return these capabilities with every non-``None`` value of `overrides` applied."""
@@ -251,8 +256,9 @@ PROFILES: dict[str, Capabilities] = {
     # Measured: dcmqrscp and pynetdicom's qrscp are hierarchical only, ignore
     # ModalitiesInStudy and return no counts; dcmqrscp matches names case-sensitively;
     # qrscp answers a UID list with 0xC320 (it takes the list for a single value).
-    "dcmqrscp": Capabilities(False, False, False, False, False, True),
-    "qrscp": Capabilities(False, False, False, False, False, False),
+    # Both answer an IMAGE C-FIND by study alone, with each instance's series and Modality.
+    "dcmqrscp": Capabilities(False, False, False, False, False, True, True),
+    "qrscp": Capabilities(False, False, False, False, False, False, True),
     # Assume nothing: always correct, the most C-FINDs.
     "legacy": Capabilities(False, False, False, False, False, False),
     # Learn by probing the PACS; until a flag is known it is treated as unsupported.

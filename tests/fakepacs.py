@@ -72,6 +72,8 @@ class FakePacs:
     at that level instead of its instances' values: stale aggregates."""
     finds: Counter[str] = field(default_factory=Counter)
     """C-FINDs received, by QueryRetrieveLevel."""
+    instances_by_study: bool = False
+    """Hierarchical, but an IMAGE C-FIND with the StudyInstanceUID alone answers (as dcmqrscp does)."""
     get_on_unique_key: bool = False
     """C-GET matches the unique key of its level only, ignoring the parent UIDs (PS3.4 C.4.2.2.1 allows it)."""
 
@@ -115,7 +117,8 @@ class FakePacs:
         level = identifier.QueryRetrieveLevel
         with self._lock:
             self.finds[level] += 1
-        if not self.relational and any(not identifier.get(p) for p in _PARENTS[level]):
+        parents = _PARENTS[level][:1] if level == "IMAGE" and self.instances_by_study else _PARENTS[level]
+        if not self.relational and any(not identifier.get(p) for p in parents):
             yield 0x0000, None
             return
         keys = [e for e in identifier if e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")]

@@ -8,7 +8,9 @@ after its first answers) the first time it is queried:
 - the first series' Modality as a list with a value that cannot exist: still found -> list
   matching works;
 - the first study's UID in a list with a UID that cannot exist: still found -> UID list matching
-  works (pynetdicom's qrscp answers 0xC320).
+  works (pynetdicom's qrscp answers 0xC320);
+- an IMAGE query with the first study's UID alone: answers carrying a series UID and a Modality
+  -> a study's instances can be counted by one C-FIND (dcmqrscp and qrscp do it).
 
 An empty PACS answers none of these; the flags then stay unknown (treated as unsupported, which
 is always correct, only slower) and the probe runs again on a later query. Flags set in the
@@ -98,13 +100,25 @@ async def probe(client: UpstreamClient) -> Capabilities:
 
     uids = MatchKey(study.path, study.keyword, "UI", MatchType.LIST, (*study.values, _IMPOSSIBLE_UID))
     uid_list_matching = await _answers(client, QueryLevel.STUDY, [uids], ["StudyInstanceUID"])
+    instances_by_study = await _instances_by_study(client, study)
 
     return Capabilities(
         relational=relational,
         list_matching=list_matching,
         case_insensitive_pn=case_insensitive,
         uid_list_matching=uid_list_matching,
+        instances_by_study=instances_by_study,
     )
+
+
+async def _instances_by_study(client: UpstreamClient, study: MatchKey) -> bool:
+    """Whether an IMAGE C-FIND by StudyInstanceUID alone answers instances with their series and Modality."""
+    returns = ["SeriesInstanceUID", "Modality", "SOPInstanceUID"]
+    try:
+        found = await _first(client, QueryLevel.IMAGE, [study], returns)
+    except UpstreamFailureStatus:
+        return False
+    return bool(found) and all(str(found[0].get(keyword, "")).strip() for keyword in returns)
 
 
 class CapabilityTracker:

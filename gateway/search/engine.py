@@ -15,18 +15,22 @@ The same query gives the same answer in front of a capable PACS and a strict leg
   taken out of the upstream identifier and done by the gateway (:mod:`gateway.query.matching`);
 - duplicates (one STUDY answer per instance) are dropped on the level's unique key.
 
-Every sub-query is a separate C-FIND on its own pooled association; a request runs at most
-``fanout_concurrency`` of them at once. The aggregates an answer returns are derived for its page
+Every sub-query is a separate C-FIND on its own pooled association (associations are reused,
+never opened per C-FIND). A hierarchical fan-out runs the child C-FINDs of up to
+``fanout_concurrency`` parents at once (they may find up to as many more children than a page
+needs), and the aggregate C-FINDs of a batch up to ``fanout_concurrency`` at once; the pool's
+``max_associations`` bounds what reaches the PACS. The aggregates an answer returns are derived for its page
 only (after ``offset`` and ``limit``), a batch of results at a time, so the number of C-FINDs of a
 study search does not grow with the number of studies on a relational PACS.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
@@ -231,10 +235,25 @@ class Searcher:
         self._trusted = bool(caps.trusted_aggregates)
         self._stale = stale
         self._stale_studies: set[str] = set()
-        self._aggregates = AggregateDeriver(client, relational=bool(caps.relational), concurrency=concurrency)
+        self._concurrency = concurrency
+        self._aggregates = AggregateDeriver(
+            client,
+            relational=bool(caps.relational),
+            concurrency=concurrency,
+            instances_by_study=bool(caps.instances_by_study),
+        )
         output = plan.output_tags
         self._output_derived = (
             _DERIVED_TAGS - {_SOP_CLASSES_TAG} if output is None else frozenset(output & _DERIVED_TAGS)
+        )
+        # A hierarchical PACS that answers IMAGE C-FINDs by study gives a study's modalities and
+        # counts in one C-FIND, as many as matching ModalitiesInStudy takes SERIES C-FINDs: so the
+        # candidates are counted while they are matched, and the page needs no C-FIND of its own.
+        self._count_while_matching = (
+            bool(caps.instances_by_study)
+            and not caps.relational
+            and not self._trusted
+            and _STUDY_INSTANCES_TAG in self._output_derived
         )
         self._batch_is_page = False
         self._keys_at: dict[QueryLevel, list[MatchKey]] = {}
@@ -275,16 +294,42 @@ class Searcher:
             identifier = build_identifier(level, keys, self._plan.return_tags[level])
             found = self._unique(self._client.find(identifier), level, parent)
         last = index == len(self._plan.levels) - 1
+        # The children of the parents one level above the last are one C-FIND each: those of
+        # `fanout_concurrency` parents run together (higher up, one parent at a time, so that the
+        # C-FINDs of nested levels do not multiply).
+        window = self._concurrency if index == len(self._plan.levels) - 2 else 1
         async with aclosing(chunked(found, UID_LIST_SIZE)) as batches:  # type: ignore[type-var]
             async for batch in batches:
-                for dataset in await self._matching(batch, level):
-                    if last:
+                parents = await self._matching(batch, level)
+                if last:
+                    for dataset in parents:
                         yield dataset
+                    continue
+                for start in range(0, len(parents), window):
+                    group = parents[start : start + window]
+                    if len(group) > 1:
+                        for children in await self._children(index + 1, group):
+                            for child in children:
+                                yield child
                         continue
-                    children = self._descend(index + 1, dataset)
-                    async with aclosing(children):  # type: ignore[type-var]
-                        async for child in children:
+                    # One parent: stream its children, so that a page filled early stops its C-FIND.
+                    streamed = self._descend(index + 1, group[0])
+                    async with aclosing(streamed):  # type: ignore[type-var]
+                        async for child in streamed:
                             yield child
+
+    async def _children(self, index: int, parents: list[Dataset]) -> list[list[Dataset]]:
+        """The results at level `index` under each of `parents`, their C-FINDs run together."""
+        found: list[list[Dataset]] = [[] for _ in parents]
+
+        def fill(slot: int) -> Callable[[], Coroutine[Any, Any, None]]:
+            async def call() -> None:
+                found[slot] = await _collect(self._descend(index, parents[slot]))
+
+            return call
+
+        await gather([fill(slot) for slot in range(len(parents))])
+        return found
 
     async def _unique(
         self, found: AsyncIterator[Dataset], level: QueryLevel, parent: Dataset | None
@@ -337,7 +382,10 @@ class Searcher:
     async def _matching(self, batch: list[Dataset], level: QueryLevel) -> list[Dataset]:
         """The datasets of `batch` that satisfy the keys the gateway checks at `level`."""
         keys = self._keys_at[level]
-        await self._complete(batch, frozenset(k.tag for k in keys) & _DERIVED_TAGS)
+        tags = frozenset(k.tag for k in keys) & _DERIVED_TAGS
+        if self._count_while_matching and tags & _STUDY_DERIVED_TAGS:
+            tags |= self._output_derived & _STUDY_DERIVED_TAGS
+        await self._complete(batch, tags)
         return [ds for ds in batch if all(self._satisfies(ds, key) for key in keys)]
 
     def _satisfies(self, dataset: Dataset, key: MatchKey) -> bool:
@@ -441,6 +489,11 @@ async def _studies_of(series: AsyncIterator[Dataset], key: MatchKey) -> AsyncIte
             if uid and uid not in seen and modality and matches(key, modality):
                 seen.add(uid)
                 yield uid
+
+
+async def _collect(source: AsyncIterator[Dataset]) -> list[Dataset]:
+    async with aclosing(source):  # type: ignore[type-var]
+        return [dataset async for dataset in source]
 
 
 def _is_empty(dataset: Dataset, tag_value: int) -> bool:

@@ -225,3 +225,54 @@ def test_failure_while_deriving_is_a_502() -> None:
         response = httpx.get(f"{root}/studies", timeout=10)
     assert response.status_code == 502
     assert response.json()["dimseStatus"] == "0xA700"
+
+
+def hierarchical_answers(by_study: bool, path: str, **params: object) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The answer to one request in front of a hierarchical PACS (7 studies; the PET/CT one with
+    stale values) that does or does not answer an IMAGE C-FIND by study alone, and its C-FINDs."""
+    instances, held = pacs_content(6)
+    with (
+        FakePacs(instances, relational=False, held=held, instances_by_study=by_study) as pacs,
+        gateway(pacs, "legacy", instances_by_study=by_study) as root,
+    ):
+        return get(f"{root}{path}", **params), dict(pacs.finds)
+
+
+def without_urls(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`results` without RetrieveURL (it names the gateway's port)."""
+    return [{tag: element for tag, element in r.items() if tag != "00081190"} for r in results]
+
+
+def test_hierarchical_pacs_counts_a_study_by_one_image_c_find() -> None:
+    per_series, per_series_finds = hierarchical_answers(False, "/studies")
+    by_study, by_study_finds = hierarchical_answers(True, "/studies")
+    assert without_urls(by_study) == without_urls(per_series)
+    assert_fresh_pet_ct(by_uid(by_study)[PET_CT])
+    assert value(by_uid(by_study)[PET_CT], "00201208") == 5
+    # One SERIES C-FIND per study, then one IMAGE C-FIND per series (the PET/CT study has two);
+    # with instances_by_study one IMAGE C-FIND per study, which names the series and their Modality.
+    assert per_series_finds == {"STUDY": 1, "SERIES": 7, "IMAGE": 8}
+    assert by_study_finds == {"STUDY": 1, "IMAGE": 7}
+
+
+@pytest.mark.parametrize("by_study", [False, True], ids=["per-series", "by-study"])
+def test_hierarchical_pacs_matches_modalities_with_one_c_find_per_study(by_study: bool) -> None:
+    answers, finds = hierarchical_answers(by_study, "/studies", ModalitiesInStudy="PT")
+    assert [value(r, "0020000D") for r in answers] == [PET_CT]
+    assert_fresh_pet_ct(answers[0])
+    assert value(answers[0], "00201208") == 5
+    # The modalities of every study by one SERIES C-FIND each, then the match's instances by one
+    # IMAGE C-FIND per series; or (by study) one IMAGE C-FIND per study, which gives both.
+    assert finds == ({"STUDY": 1, "IMAGE": 7} if by_study else {"STUDY": 1, "SERIES": 7, "IMAGE": 2})
+
+
+@pytest.mark.parametrize("by_study", [False, True], ids=["per-series", "by-study"])
+def test_hierarchical_series_search_runs_its_study_c_finds_together_in_order(by_study: bool) -> None:
+    answers, finds = hierarchical_answers(by_study, "/series", Modality="CT")
+    # Every study's series, in the PACS's order: the PET/CT study's CT series first, then one per CT study.
+    assert [value(r, "0020000E") for r in answers] == [CT_SERIES] + [f"1.2.826.0.3.{i}.1" for i in range(1, 7)]
+    assert value(answers[0], "00201209") == 3
+    assert_fresh_pet_ct(answers[0])
+    # A SERIES C-FIND per study finds the series; the study attributes each answer carries take a
+    # second one per study, or (by study) an IMAGE C-FIND per study that also counts the series.
+    assert finds == ({"STUDY": 1, "SERIES": 7, "IMAGE": 7} if by_study else {"STUDY": 1, "SERIES": 14, "IMAGE": 8})

@@ -128,7 +128,9 @@ def test_untrusted_modalities_in_study_is_matched_through_a_series_query_on_a_re
 
 
 def test_probed_capabilities_never_trust_the_pacs_aggregates() -> None:
-    probed = Capabilities(relational=True, list_matching=True, case_insensitive_pn=True, uid_list_matching=True)
+    probed = Capabilities(
+        relational=True, list_matching=True, case_insensitive_pn=True, uid_list_matching=True, instances_by_study=True
+    )
     assert probed.complete and not probed.trusted_aggregates
     query = parse_qido_query(QueryLevel.STUDY, [("ModalitiesInStudy", "CT,PT")])
     assert keywords(plan_search(query, probed).upstream_keys[QueryLevel.STUDY]) == set()
