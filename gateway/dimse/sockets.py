@@ -84,6 +84,9 @@ class TunedAE(AE):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        # Its associations need the tuned socket class (reactor checkpoint, bounded waits), whoever
+        # builds the AE: the application, the publish command, a benchmark. Installing is idempotent.
+        install()
         pynetdicom_internals.adopt(self)
         self.socket_profile = socket_profile
         self.tls_args = tls_args
