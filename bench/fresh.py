@@ -26,38 +26,21 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import anyio
 import harness
-from pydicom.dataset import Dataset
 from qido import http_query, measure
 
 from gateway.demo.pacs import DcmqrscpPacs, LocalPacs, OrthancPacs
 from gateway.demo.samples import generate_sample_studies, iter_sample_datasets
-from gateway.dimse.client import UpstreamClient
 from gateway.query.attributes import QueryLevel
 from gateway.query.params import parse_qido_query
 from gateway.search.engine import Searcher, plan_search
 from gateway.settings import Capabilities, load_settings
 
 QUERIES = {"ModalitiesInStudy=PT": {"ModalitiesInStudy": "PT"}, "default list": {}}
-
-
-class CountingClient(UpstreamClient):
-    """An upstream client that counts its C-FINDs by QueryRetrieveLevel."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.finds: Counter[str] = Counter()
-
-    async def find(self, identifier: Dataset) -> AsyncIterator[Dataset]:
-        self.finds[identifier.QueryRetrieveLevel] += 1
-        async for dataset in super().find(identifier):
-            yield dataset
 
 
 def c_finds(pacs: LocalPacs, profile: str, trusted: bool | None, params: dict[str, str]) -> dict[str, int]:
@@ -69,7 +52,7 @@ def c_finds(pacs: LocalPacs, profile: str, trusted: bool | None, params: dict[st
     caps = upstream.configured_capabilities
 
     async def run() -> dict[str, int]:
-        async with CountingClient(upstream, "BENCH") as client:
+        async with harness.CountingClient(upstream, "BENCH") as client:
             query = parse_qido_query(QueryLevel.STUDY, list(params.items()))
             searcher = Searcher(client, caps, plan_search(query, caps), settings.fanout_concurrency)
             async for _ in searcher.search(query):

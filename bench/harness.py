@@ -7,11 +7,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from gateway.demo.pacs import LocalPacs, free_port
+from pydicom.dataset import Dataset
 
-__all__ = ["OBSERVABILITY", "start_gateway", "upstream_config"]
+from gateway.demo.pacs import LocalPacs, free_port
+from gateway.dimse.client import UpstreamClient
+
+__all__ = ["OBSERVABILITY", "CountingClient", "start_gateway", "upstream_config"]
 
 OBSERVABILITY: dict[str, tuple[list[str], dict[str, str]]] = {
     # (flags, environment) of the two gateways `--observability` compares, at the same log level
@@ -57,3 +62,16 @@ def upstream_config(pacs: LocalPacs, path: Path, profile: str, **capabilities: b
         text += "".join(f"{name} = {str(value).lower()}\n" for name, value in capabilities.items())
     path.write_text(text)
     return path
+
+
+class CountingClient(UpstreamClient):
+    """An upstream client that counts its C-FINDs by QueryRetrieveLevel."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.finds: Counter[str] = Counter()
+
+    async def find(self, identifier: Dataset) -> AsyncIterator[Dataset]:
+        self.finds[identifier.QueryRetrieveLevel] += 1
+        async for dataset in super().find(identifier):
+            yield dataset

@@ -31,8 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from qido import http_query, measure
 from gateway.demo.pacs import DcmqrscpPacs, LocalPacs, QrscpPacs
 from gateway.demo.samples import SampleStudy, generate_sample_studies, iter_sample_datasets
 from gateway.dimse import sockets
-from gateway.dimse.client import FIND_MODEL, UpstreamClient, pause_reactor
+from gateway.dimse.client import FIND_MODEL, pause_reactor
 from gateway.dimse.sockets import SocketProfile, TunedAE
 from gateway.query.attributes import QueryLevel
 from gateway.query.params import parse_qido_query
@@ -78,19 +77,6 @@ def queries(studies: list[SampleStudy]) -> dict[str, tuple[QueryLevel, str, dict
     }
 
 
-class CountingClient(UpstreamClient):
-    """An upstream client that counts its C-FINDs by QueryRetrieveLevel."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.finds: Counter[str] = Counter()
-
-    async def find(self, identifier: Dataset) -> AsyncIterator[Dataset]:
-        self.finds[identifier.QueryRetrieveLevel] += 1
-        async for dataset in super().find(identifier):
-            yield dataset
-
-
 def c_finds(pacs: LocalPacs, level: QueryLevel, path: str, params: dict[str, str]) -> dict[str, int]:
     """The C-FINDs the gateway's search runs for one request, by level (after its capability probe)."""
     settings = load_settings(None, upstream=pacs.upstream)
@@ -99,7 +85,7 @@ def c_finds(pacs: LocalPacs, level: QueryLevel, path: str, params: dict[str, str
     scope = {"study_uid": parts[1]} if len(parts) > 2 else {}
 
     async def run() -> dict[str, int]:
-        async with CountingClient(upstream, "BENCH") as client:
+        async with harness.CountingClient(upstream, "BENCH") as client:
             caps = await CapabilityTracker(upstream).get(client)
             client.finds.clear()
             query = parse_qido_query(level, list(params.items()), **scope)
