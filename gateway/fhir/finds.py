@@ -9,6 +9,7 @@ from typing import TypeVar
 import anyio
 from pydicom.dataset import Dataset
 
+from gateway.concurrency import gateway_errors_unwrapped
 from gateway.dimse.client import UpstreamClient
 from gateway.fhir.values import text
 from gateway.query.attributes import UNIQUE_KEY, QueryLevel, tag
@@ -78,29 +79,14 @@ async def gather_bounded(items: Sequence[T], function: Callable[[T], Awaitable[R
         async with limiter:
             results[index] = await function(item)
 
-    try:
+    # A PACS failure reaches the caller as one C-FIND's would (a 502/504, not an exception group).
+    with gateway_errors_unwrapped():
         async with anyio.create_task_group() as tasks:
             for index, item in enumerate(items):
                 tasks.start_soon(run, index, item)
-    except BaseExceptionGroup as group:
-        # The first real failure, as a caller of one C-FIND would see it (an UpstreamError is a
-        # 502/504, not an exception group); the others are its consequences or the same fault.
-        raise _first_failure(group) from None
     return results  # type: ignore[return-value]
 
 
 async def run_concurrently(*functions: Callable[[], Awaitable[None]]) -> None:
     """Run `functions` at once; the first failure is raised as itself (see :func:`gather_bounded`)."""
     await gather_bounded(functions, lambda function: function(), len(functions))
-
-
-def _first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop(0)
-        if isinstance(exc, BaseExceptionGroup):
-            pending[:0] = list(exc.exceptions)
-        else:
-            leaves.append(exc)
-    return next((exc for exc in leaves if isinstance(exc, Exception)), leaves[0])

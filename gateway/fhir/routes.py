@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.auth.middleware import REALM
+from gateway.auth.patient import PATIENT_SCOPE_KEY, same_patient
 from gateway.errors import GatewayError, PayloadTooLarge, UnsupportedMediaType
 from gateway.fhir.bundle import entry, searchset
 from gateway.fhir.capability import capability_statement
@@ -42,8 +43,6 @@ logger = logging.getLogger(__name__)
 
 FHIR_BASE = "/fhir"
 _MAX_FORM_BYTES = 64 * 1024
-PATIENT_SCOPE_KEY = "gateway.patient_id"
-"""Where an access-control middleware puts the PatientID a request is bound to (absent: unrestricted)."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ async def read_imaging_study(call: _Call) -> Response:
     record = await load_study(upstream, study_uid, counter=counter)
     if record is None:
         raise OutcomeError(404, "not-found", f"the PACS {upstream.name!r} has no study {study_uid}")
-    if call.patient_id is not None and text(record.study, "PatientID") != call.patient_id:
+    if call.patient_id is not None and not same_patient(text(record.study, "PatientID"), call.patient_id):
         raise OutcomeError(
             403,
             "forbidden",

@@ -26,6 +26,7 @@ from datetime import date, timedelta
 
 from pydicom.dataset import Dataset
 
+from gateway.auth.patient import same_patient
 from gateway.fhir.finds import FindCounter, find_unique, gather_bounded, key, uid_key
 from gateway.fhir.params import StudySearch
 from gateway.fhir.records import SeriesRecord, StudyRecord
@@ -120,7 +121,7 @@ class _Plan:
         search = self.search
         uid = text(study, "StudyInstanceUID")
         patient = text(study, "PatientID")
-        if self.patient_id is not None and patient != self.patient_id:
+        if self.patient_id is not None and not same_patient(patient, self.patient_id):
             return False
         if any(uid not in ids for ids in search.ids):
             return False
